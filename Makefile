@@ -1,0 +1,36 @@
+# Two entry points from a fresh clone: `make demo` (main job on the embedded demo model) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ART ?= out/demo-artifact
+
+.PHONY: venv demo test test-slow lint typecheck clean
+
+$(BIN)/nanotrt: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch pinned to the local CPU wheel first, so nothing pulls a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,demo]'
+	touch $@
+
+venv: $(BIN)/nanotrt
+
+demo: venv
+	$(BIN)/nanotrt demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow
+
+lint: venv
+	$(BIN)/ruff check pipeline engines calibration tests benchmarks
+
+typecheck: venv
+	$(BIN)/python scripts/prepare_typings.py
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,67 @@
+"""ONNX Runtime backend (CPU here; CUDA/TensorRT execution providers where installed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.artifact import Manifest
+from pipeline.errors import NanotrtError
+
+from .base import Backend, trim_heap
+
+
+@dataclass
+class OrtEngine:
+    name: str
+    session: Any
+    input_names: list[str]
+    output_names: list[str]
+    nbytes: int
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+    formats = ("onnx",)
+
+    def __init__(self, threads: int | None = None, providers: list[str] | None = None, verify: bool = True):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.threads = threads
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.verify = verify
+
+    def _options(self) -> Any:
+        so = self._ort.SessionOptions()
+        # The CPU arena keeps freed blocks for reuse; a streaming runtime must give memory back.
+        so.enable_cpu_mem_arena = False
+        so.enable_mem_pattern = False
+        so.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.log_severity_level = 3
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+        return so
+
+    def load(self, manifest: Manifest, name: str) -> OrtEngine:
+        entry = manifest.graphs[name]
+        if entry.get("format") != "onnx":
+            raise NanotrtError(f"graph {name} is a {entry.get('format')} file; the onnxruntime backend runs onnx graphs")
+        path = manifest.verify(name) if self.verify else manifest.path(name)
+        try:
+            sess = self._ort.InferenceSession(str(path), self._options(), providers=self.providers)
+        except Exception as e:  # noqa: BLE001 - corrupted graph -> one clear line
+            raise NanotrtError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+        return OrtEngine(name, sess, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()],
+                         int(entry["bytes"]))
+
+    def run(self, engine: OrtEngine, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = engine.session.run(None, {k: feeds[k] for k in engine.input_names})
+        return dict(zip(engine.output_names, outs, strict=True))
+
+    def release(self, engine: OrtEngine) -> None:
+        engine.session = None
+        trim_heap()

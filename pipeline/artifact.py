@@ -1,0 +1,143 @@
+"""The artifact directory and its ``manifest.json``: the only contract between export, build and run.
+
+Layout::
+
+    manifest.json
+    tokenizer/tokenizer.json (+ the original tokenizer files)
+    graphs/embeddings.onnx, graphs/layer_00.onnx, ..., graphs/ramp_00.onnx, ...
+    <built engines, e.g. ort-int8/layer_00.onnx, trt-fp16/layer_00.plan>
+
+``graphs`` maps a graph name to its entry (file, sha256, bytes, precision, I/O signature).
+``variants`` maps a variant name ("fp32", "ort-int8", "trt-fp16", ...) to a full schedule:
+which graph runs the embeddings, each layer, each ramp. ALBERT's schedule names one layer graph N times.
+Nothing downstream guesses file names; it reads this file. No torch import here (device side).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import NanotrtError
+from .fsutil import sha256_file, write_json
+
+FORMAT = "nanotrt-artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Schedule:
+    embeddings: str
+    layers: list[str]
+    ramps: list[str]
+
+    def names(self) -> list[str]:
+        return list(dict.fromkeys([self.embeddings, *self.layers, *self.ramps]))
+
+
+class Manifest:
+    def __init__(self, root: Path, data: dict[str, Any]):
+        self.root = Path(root)
+        self.data = data
+
+    # --- reading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, root: str | Path) -> Manifest:
+        root = Path(root)
+        path = root / MANIFEST
+        if not root.is_dir():
+            raise NanotrtError(f"artifact dir '{root}' does not exist: create it with `nanotrt export MODEL_DIR -o {root}`")
+        if not path.is_file():
+            raise NanotrtError(f"'{root}' has no {MANIFEST}: it is not a nanotrt artifact (run `nanotrt export`)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise NanotrtError(f"{path} is not valid JSON ({e}): re-run `nanotrt export`") from None
+        if data.get("format") != FORMAT:
+            raise NanotrtError(f"{path} is not a nanotrt manifest: re-run `nanotrt export`")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise NanotrtError(
+                f"{path} has format version {data.get('format_version')}, this nanotrt reads version "
+                f"{FORMAT_VERSION}: re-export the model with this version of nanotrt"
+            )
+        return cls(root, data)
+
+    @property
+    def family(self) -> str:
+        return str(self.data["family"])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.data["num_layers"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.data["labels"])
+
+    @property
+    def task_type(self) -> str:
+        return str(self.data["task_type"])
+
+    @property
+    def task(self) -> str | None:
+        return self.data.get("task")
+
+    @property
+    def tokenizer(self) -> dict[str, Any]:
+        return dict(self.data["tokenizer"])
+
+    @property
+    def graphs(self) -> dict[str, dict[str, Any]]:
+        return self.data["graphs"]
+
+    @property
+    def variants(self) -> list[str]:
+        return list(self.data["variants"])
+
+    def schedule(self, variant: str = "fp32") -> Schedule:
+        v = self.data["variants"].get(variant)
+        if v is None:
+            raise NanotrtError(
+                f"artifact '{self.root}' has no '{variant}' variant (it has: {', '.join(self.variants)}): "
+                "build it with `nanotrt build`"
+            )
+        return Schedule(v["embeddings"], list(v["layers"]), list(v["ramps"]))
+
+    def path(self, name: str) -> Path:
+        return self.root / self.graphs[name]["file"]
+
+    def verify(self, name: str) -> Path:
+        """Check that the graph file exists and its sha256 matches the manifest; return its path."""
+        entry = self.graphs[name]
+        p = self.root / entry["file"]
+        if not p.is_file():
+            raise NanotrtError(f"graph file {p} listed in the manifest is missing: re-run `nanotrt export`")
+        if p.stat().st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
+            raise NanotrtError(
+                f"graph file {p} does not match its sha256 in the manifest (corrupted or modified): "
+                "re-run `nanotrt export` / `nanotrt build`"
+            )
+        return p
+
+    # --- writing ---------------------------------------------------------------------------
+    def add_graph(self, name: str, file: Path, **fields: Any) -> dict[str, Any]:
+        rel = file.relative_to(self.root).as_posix()
+        entry = {"file": rel, "sha256": sha256_file(file), "bytes": file.stat().st_size, **fields}
+        self.graphs[name] = entry
+        return entry
+
+    def set_variant(self, variant: str, schedule: Schedule, **info: Any) -> None:
+        self.data["variants"][variant] = {
+            "embeddings": schedule.embeddings, "layers": schedule.layers, "ramps": schedule.ramps, **info,
+        }
+
+    def save(self, root: Path | None = None) -> None:
+        write_json(Path(root or self.root) / MANIFEST, self.data)
+
+
+def new_manifest(root: Path, **fields: Any) -> Manifest:
+    return Manifest(root, {"format": FORMAT, "format_version": FORMAT_VERSION, **fields,
+                           "graphs": {}, "variants": {}})

@@ -1,0 +1,133 @@
+"""The `nanotrt` command line: thin typer commands over the library.
+
+Errors the user can fix (NanotrtError) print as one line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import NanotrtError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Per-layer engines, memory-budget streaming and early exit for BERT-family classifiers.")
+
+
+def _out(msg: str) -> None:
+    typer.echo(msg)
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="local HF model dir or nanotrt checkpoint")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="artifact dir to write")],
+    max_length: Annotated[int, typer.Option(help="tokenizer truncation length stored in the artifact")] = 128,
+    pooling: Annotated[str | None, typer.Option(help="ramp pooling for a plain HF model: cls or mean")] = None,
+    num_labels: Annotated[int | None, typer.Option(help="labels for a plain HF model (1 = regression)")] = None,
+    torch_reference: Annotated[bool, typer.Option(help="keep the PyTorch checkpoint for the torch backend")] = True,
+) -> None:
+    """Cut a model into embeddings / layer / ramp ONNX graphs plus manifest.json."""
+    from .export import export_model
+    from .model import load_model
+
+    model = load_model(model_dir, num_labels=num_labels, pooling=pooling)
+    export_model(model_dir, out, max_length=max_length, model=model, include_checkpoint=torch_reference)
+
+
+def _read_inputs(texts: list[str], pair: str | None, file: Path | None) -> tuple[list[str], list[str] | None]:
+    if file is not None:
+        src = sys.stdin if str(file) == "-" else None
+        if src is None and not file.is_file():
+            raise NanotrtError(f"input file '{file}' does not exist")
+        lines = (src.read() if src else file.read_text()).splitlines()
+        rows = [line.split("\t", 1) for line in lines if line.strip()]
+        if any(len(r) == 2 for r in rows):
+            return [r[0] for r in rows], [r[1] if len(r) == 2 else "" for r in rows]
+        return [r[0] for r in rows], None
+    if not texts:
+        raise NanotrtError("no input: give TEXT arguments, or -f FILE (one text per line, TAB before a pair; - for stdin)")
+    if pair is not None and len(texts) != 1:
+        raise NanotrtError("--pair goes with exactly one TEXT; for many pairs use -f with TAB-separated lines")
+    return texts, ([pair] if pair is not None else None)
+
+
+@app.command()
+def predict(
+    artifact: Annotated[Path, typer.Argument(help="artifact dir from `nanotrt export`")],
+    texts: Annotated[list[str] | None, typer.Argument(help="text(s) to classify")] = None,
+    pair: Annotated[str | None, typer.Option(help="second sentence of a pair")] = None,
+    file: Annotated[Path | None, typer.Option("-f", "--file", help="one text per line (TAB before a pair); - = stdin")] = None,
+    backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt | torch")] = "onnxruntime",
+    memory_budget: Annotated[str, typer.Option(help="engine memory budget: all, 300MB, 2GB, 2layers")] = "all",
+    exit: Annotated[str, typer.Option("--exit", help="none, patience=3, entropy=0.3, maxprob=0.9, depth=4")] = "none",
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (built variants)")] = "fp32",
+    variant: Annotated[str | None, typer.Option(help="manifest variant to run (overrides --precision)")] = None,
+    prefetch: Annotated[bool, typer.Option(help="load the next layer on a background thread")] = True,
+    batch_size: Annotated[int, typer.Option(help="samples per batch (each exits on its own)")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per input")] = False,
+    stats: Annotated[bool, typer.Option(help="print run statistics")] = False,
+) -> None:
+    """Classify text with the streaming runner (no torch import on the onnxruntime path)."""
+    from .runner import Runner
+
+    items, pairs = _read_inputs(texts or [], pair, file)
+    with Runner.from_artifact(artifact, backend=backend, memory_budget=memory_budget, exit=exit,
+                              variant=variant, prefetch=prefetch, precision=precision) as runner:
+        res = runner.predict(items, pairs, batch_size=batch_size)
+    regression = runner.manifest.task_type == "regression"
+    for text, p in zip(items, res.predictions, strict=True):
+        if as_json:
+            _out(json.dumps({"text": text, "label": p.label, "score": p.score, "probs": p.probs,
+                             "exit_layer": p.exit_layer, "ramp_preds": p.ramp_preds}))
+        elif regression:
+            _out(f"{p.score:.4f}\texit@{p.exit_layer}\tramps={[round(x, 3) for x in p.ramp_preds]}\t{text}")
+        else:
+            probs = " ".join(f"{lab}={q:.3f}" for lab, q in zip(runner.labels, p.probs, strict=True))
+            ramps = ",".join(runner.labels[int(k)] for k in p.ramp_preds)
+            _out(f"{p.label}\t{probs}\texit@{p.exit_layer}/{runner.n}\tramps=[{ramps}]\t{text}")
+    if stats:
+        s = res.stats
+        typer.echo(json.dumps({"samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
+                               "compute_s": s.compute_s, "layer_time_s": s.layer_time_s,
+                               "budget": runner.describe_budget(), **s.cache}, indent=1), err=True)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="artifact dir (default: cache)")] = None,
+) -> None:
+    """Export the embedded MiniLM-L6 demo model (mean-pooled ramps, untrained) and stream a few predictions."""
+    from .demo import cache_dir, demo_model_dir
+    from .export import export_model
+    from .model import load_model
+    from .runner import Runner
+
+    art = out or cache_dir() / "demo-minilm-untrained"
+    if not (art / "manifest.json").is_file():
+        src = demo_model_dir()
+        export_model(src, art, model=load_model(src, num_labels=2, pooling="mean"))
+    texts = ["The movie was a delight from start to finish.", "Colorless green ideas sleep furiously.",
+             "This is not a sentence that"]
+    with Runner.from_artifact(art, memory_budget="2layers", exit="patience=2") as runner:
+        res = runner.predict(texts)
+    for t, p in zip(texts, res.predictions, strict=True):
+        _out(f"{p.label}\tp={p.score:.3f}\texit@{p.exit_layer}/{runner.n}\t{t}")
+    s = res.stats
+    _out(f"budget {runner.describe_budget()}: {s.cache['loads']} loads, peak engines "
+         f"{s.cache['peak_resident_bytes'] / 1e6:.1f} MB, avg exit layer {s.avg_exit_layer:.2f}")
+
+
+def main() -> None:
+    try:
+        app()
+    except NanotrtError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None

@@ -1,0 +1,236 @@
+"""`nanotrt export`: cut an off-ramp model into per-graph ONNX files plus a manifest.
+
+Graphs: ``embeddings`` (input_ids[, token_type_ids] -> hidden_states), one ``layer_XX`` per unique layer
+(hidden_states, attention_mask -> hidden_states_out; the additive mask is built inside the graph so the
+runtime only ever feeds the [B, S] 0/1 mask), one ``ramp_XX`` per off-ramp (-> logits).
+Every graph passes onnx.checker (full), a Polygraphy sanity run, and a parity check against PyTorch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifact import Manifest, Schedule, new_manifest
+from .errors import NanotrtError
+from .fsutil import atomic_dir
+from .model import OffRampModel, load_model, save_checkpoint
+from .progress import console, progress
+
+OPSET = 17
+PARITY_ATOL = 1e-4  # fp32, max abs diff vs PyTorch eager; export refuses a graph above EXPORT_FAIL_ATOL
+EXPORT_FAIL_ATOL = 1e-3
+SAMPLE_TEXTS = [
+    ("The quick brown fox jumps over the lazy dog near the river bank.", "A fox jumped."),
+    ("Short one.", "Another sentence that is a good deal longer than the first one here."),
+    ("Hi", None),
+]
+
+
+class _Embeddings(nn.Module):
+    """Everything of the embeddings but the word lookup (positions, token types, LayerNorm, projection)."""
+
+    def __init__(self, m: OffRampModel, input_names: list[str]):
+        super().__init__()
+        self.m, self.input_names = m, input_names
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        kw = dict(zip(self.input_names, args, strict=True))
+        return self.m.embed(kw.get("input_ids"), kw.get("token_type_ids"), inputs_embeds=kw["inputs_embeds"])
+
+
+class _Layer(nn.Module):
+    def __init__(self, m: OffRampModel, i: int):
+        super().__init__()
+        self.m, self.i = m, i
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.m.layer(self.i, hidden_states, attention_mask)
+
+
+def _io_signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def sig(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), "shape": dims})
+        return out
+
+    return sig(model.graph.input), sig(model.graph.output)
+
+
+def check_graph(path: Path, vocab_size: int) -> None:
+    """onnx.checker full check, then a Polygraphy sanity run (random inputs through ORT, finite outputs)."""
+    import onnx
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import DataLoader
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise NanotrtError(f"exported graph {path.name} fails onnx.checker: {str(e).splitlines()[0]}") from None
+    inputs, _ = _io_signature(path)
+    shapes = {i["name"]: (2, 8, *i["shape"][2:]) for i in inputs}  # batch 2, seq 8
+    ranges = {i["name"]: (0, 1) for i in inputs}
+    if any(i["name"] == "input_ids" for i in inputs):
+        ranges["input_ids"] = (5, min(vocab_size - 1, 1000))
+    loader = DataLoader(iterations=1, input_metadata=None, val_range=ranges, seed=0)
+    runner = OnnxrtRunner(SessionFromOnnx(str(path)))
+    with runner, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        meta = runner.get_input_metadata()
+        for name in meta.keys():
+            meta[name].shape = shapes[name]
+        loader.input_metadata = meta
+        for feed in loader:
+            outs = runner.infer(feed)
+            for k, v in outs.items():
+                if not np.all(np.isfinite(v)):
+                    raise NanotrtError(f"graph {path.name} produced non-finite values in '{k}' on random inputs")
+
+
+def _ort_run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+
+
+def _export_one(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+                output_names: list[str]) -> None:
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "seq"} for n in input_names}
+    for n in output_names:
+        axes[n] = {0: "batch"} if n == "logits" else {0: "batch", 1: "seq"}
+    # The exporter restores the wrapper's train/eval mode recursively afterwards: a fresh wrapper is in
+    # train mode and would switch dropout on in the whole model, so pin eval first.
+    module.eval()
+    # The TorchScript exporter: fast, deterministic, handles these small graphs with dynamic axes.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation and tracer notes say nothing about these graphs
+        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 128,
+                 model: OffRampModel | None = None, check: bool = True,
+                 include_checkpoint: bool = True) -> Manifest:
+    """Export ``model_dir`` (HF dir or nanotrt checkpoint) to the artifact ``out_dir`` atomically."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if model is None:
+        model = load_model(model_dir)
+    model.eval()
+    adapter, cfg = model.adapter, model.config
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, use_fast=True)
+    except Exception as e:  # noqa: BLE001
+        raise NanotrtError(f"cannot load the tokenizer from '{model_dir}' ({str(e).splitlines()[0]}): "
+                           "copy the tokenizer files next to config.json") from None
+    if not getattr(tok, "is_fast", False):
+        raise NanotrtError(f"the tokenizer in '{model_dir}' has no fast (tokenizers) version to convert")
+
+    n = model.num_layers
+    groups = [adapter.layer_graph_index(cfg, i) for i in range(n)]
+    unique_groups = list(dict.fromkeys(groups))
+    vocab = int(cfg.vocab_size)
+
+    with atomic_dir(Path(out_dir)) as tmp, torch.no_grad(), progress() as bar:
+        task = bar.add_task("export", total=1 + len(unique_groups) + n + 1, info="tokenizer")
+        (tmp / "graphs").mkdir()
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        if not (tmp / "tokenizer" / "tokenizer.json").is_file():
+            tok.backend_tokenizer.save(str(tmp / "tokenizer" / "tokenizer.json"))
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+        # Sample: a padded batch with a pair, so traced shapes and parity cover masks and token types.
+        enc = tok([a for a, _ in SAMPLE_TEXTS], [b or "" for _, b in SAMPLE_TEXTS], padding=True,
+                  truncation=True, max_length=max_length, return_tensors="pt", return_token_type_ids=True)
+        ids, mask, types = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+        _, hiddens = model(ids, mask, types, return_hidden=True)
+
+        manifest = new_manifest(
+            tmp, family=cfg.model_type, num_layers=n, hidden_size=adapter.hidden_size(cfg),
+            task=model.cfg.task, task_type=model.cfg.task_type, labels=model.cfg.labels,
+            ramp=asdict(model.cfg), config=cfg.to_dict(),
+            tokenizer={"file": "tokenizer/tokenizer.json", "max_length": max_length, "pad_id": int(pad_id),
+                       "pad_token": str(tok.pad_token), "token_types": adapter.has_token_types},
+            opset=OPSET,
+        )
+
+        def finish(name: str, path: Path, role: str, index: int | None, feeds: dict[str, np.ndarray],
+                   ref: torch.Tensor) -> None:
+            if check:
+                check_graph(path, vocab)
+            out = _ort_run(path, feeds)[0]
+            diff = float(np.abs(out - ref.numpy()).max())
+            if diff > EXPORT_FAIL_ATOL:
+                raise NanotrtError(f"graph {name} differs from PyTorch by {diff:.2e} (> {EXPORT_FAIL_ATOL})")
+            ins, outs = _io_signature(path)
+            manifest.add_graph(name, path, role=role, index=index, precision="fp32", format="onnx",
+                               inputs=ins, outputs=outs, parity_max_abs_diff=diff)
+            bar.advance(task)
+
+        # Word embeddings: a raw float32 table the runtime memory-maps and indexes on the host, so only
+        # the rows a batch touches become resident (BERT-base: 94 MB table, ~3 KB per token).
+        bar.update(task, info="embeddings")
+        table = adapter.word_embeddings(model.encoder).weight.detach().numpy().astype(np.float32)
+        np.save(tmp / "graphs" / "word_embeddings.npy", table)
+        manifest.add_graph("word_embeddings", tmp / "graphs" / "word_embeddings.npy", role="lookup", index=None,
+                           precision="fp32", format="npy", shape=list(table.shape))
+        sample = {"inputs_embeds": torch.from_numpy(table[ids.numpy()]), "input_ids": ids, "token_type_ids": types}
+        emb_inputs = ["inputs_embeds"] + (["input_ids"] if adapter.embeddings_need_ids else []) + (
+            ["token_type_ids"] if adapter.has_token_types else [])
+        p = tmp / "graphs" / "embeddings.onnx"
+        _export_one(_Embeddings(model, emb_inputs), tuple(sample[k] for k in emb_inputs), p, emb_inputs,
+                    ["hidden_states"])
+        finish("embeddings", p, "embeddings", None, {k: v.numpy() for k, v in sample.items()}, hiddens[0])
+
+        # layers: one graph per unique weight set (ALBERT: one for all layers)
+        for g in unique_groups:
+            i = groups.index(g)
+            name = f"layer_{g:02d}"
+            p = tmp / "graphs" / f"{name}.onnx"
+            bar.update(task, info=name)
+            _export_one(_Layer(model, i), (hiddens[i], mask), p, ["hidden_states", "attention_mask"],
+                        ["hidden_states_out"])
+            finish(name, p, "layer", g, {"hidden_states": hiddens[i].numpy(), "attention_mask": mask.numpy()},
+                   hiddens[i + 1])
+
+        for i in range(n):
+            name = f"ramp_{i:02d}"
+            p = tmp / "graphs" / f"{name}.onnx"
+            bar.update(task, info=name)
+            ramp = model.ramps[i]
+            _export_one(ramp, (hiddens[i + 1], mask), p, ["hidden_states", "attention_mask"], ["logits"])
+            finish(name, p, "ramp", i, {"hidden_states": hiddens[i + 1].numpy(), "attention_mask": mask.numpy()},
+                   ramp(hiddens[i + 1], mask))
+
+        manifest.data["lookup"] = "word_embeddings"
+        sched = Schedule("embeddings", [f"layer_{g:02d}" for g in groups], [f"ramp_{i:02d}" for i in range(n)])
+        manifest.set_variant("fp32", sched, backend="onnx", precision="fp32")
+        if include_checkpoint:
+            # The PyTorch reference backend (and bench's eager baselines) rebuild the model from this;
+            # it is not needed on the device.
+            save_checkpoint(model, tmp / "checkpoint", tokenizer_src=tmp / "tokenizer")
+            manifest.data["checkpoint"] = "checkpoint"
+        manifest.save(tmp)
+        bar.update(task, advance=1, info="done")
+    manifest.root = Path(out_dir)
+    console.print(f"exported {n} layers ({len(unique_groups)} layer graph(s)) to {out_dir}")
+    return manifest

@@ -1,0 +1,249 @@
+"""The off-ramp model: a HF encoder plus one exit classifier ("ramp") per layer.
+
+The single PyTorch definition used by training, export and the PyTorch reference backend.
+Checkpoints are safetensors + JSON (``config.json`` of the encoder, ``nanotrt.json`` of the ramps).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import FamilyAdapter, get_adapter
+from .errors import NanotrtError
+from .fsutil import atomic_dir, write_json
+
+RAMP_CONFIG = "nanotrt.json"
+WEIGHTS = "model.safetensors"
+POOLINGS = ("cls", "mean")
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+@dataclass
+class RampConfig:
+    num_labels: int = 2
+    pooling: str = "cls"  # "cls": first token (DeeBERT/PABEE); "mean": masked mean over tokens
+    activation: str = "tanh"
+    dropout: float = 0.1
+    labels: list[str] = field(default_factory=list)
+    task: str | None = None
+    max_length: int = 128
+
+    @property
+    def task_type(self) -> str:
+        return "regression" if self.num_labels == 1 else "classification"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise NanotrtError(f"unknown ramp pooling '{self.pooling}': use one of {', '.join(POOLINGS)}")
+        if self.activation not in ACTIVATIONS:
+            raise NanotrtError(f"unknown ramp activation '{self.activation}'")
+        if self.num_labels < 1:
+            raise NanotrtError("num_labels must be >= 1 (1 means regression)")
+        if not self.labels:
+            self.labels = ["score"] if self.num_labels == 1 else [str(i) for i in range(self.num_labels)]
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class Ramp(nn.Module):
+    """Pool -> dense -> activation -> dropout -> linear, the DeeBERT/PABEE off-ramp shape."""
+
+    def __init__(self, hidden: int, cfg: RampConfig):
+        super().__init__()
+        self.pooling = cfg.pooling
+        self.act = ACTIVATIONS[cfg.activation]
+        self.dense = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(hidden, cfg.num_labels)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, attention_mask)
+        return self.out(self.dropout(self.act(self.dense(x))))
+
+
+class OffRampModel(nn.Module):
+    def __init__(self, encoder: nn.Module, cfg: RampConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = cfg
+        self.adapter: FamilyAdapter = get_adapter(encoder.config.model_type)
+        self.num_layers = self.adapter.num_layers(encoder.config)
+        hidden = self.adapter.hidden_size(encoder.config)
+        self.ramps = nn.ModuleList([Ramp(hidden, cfg) for _ in range(self.num_layers)])
+
+    @property
+    def config(self) -> Any:
+        return self.encoder.config
+
+    def embed(self, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None = None,
+              inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.adapter.has_token_types:
+            token_type_ids = None
+        return self.adapter.embed(self.encoder, input_ids, token_type_ids, inputs_embeds)
+
+    def layer(self, i: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.adapter.run_layer(self.adapter.layer_module(self.encoder, i), hidden, attention_mask)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> Any:
+        """Logits of every ramp (list, layer 1..N); with ``return_hidden`` also the hidden states."""
+        h = self.embed(input_ids, token_type_ids)
+        hiddens, logits = [h], []
+        for i in range(self.num_layers):
+            h = self.layer(i, h, attention_mask)
+            hiddens.append(h)
+            logits.append(self.ramps[i](h, attention_mask))
+        return (logits, hiddens) if return_hidden else logits
+
+
+# --------------------------------------------------------------------------------------------
+# Creation, saving, loading
+# --------------------------------------------------------------------------------------------
+
+def _check_local_dir(model_dir: str | Path) -> Path:
+    p = Path(model_dir)
+    if not p.is_dir():
+        raise NanotrtError(
+            f"model dir '{model_dir}' does not exist: pass a local HF model directory "
+            "(nanotrt never downloads from a hub)"
+        )
+    if not (p / "config.json").is_file():
+        raise NanotrtError(f"'{model_dir}' has no config.json: pass a HF model directory (config.json + weights)")
+    return p
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _read_hf_config(p: Path) -> Any:
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    try:
+        model_type = json.loads((p / "config.json").read_text()).get("model_type", "")
+    except json.JSONDecodeError as e:
+        raise NanotrtError(f"{p / 'config.json'} is not valid JSON ({e}): re-save the model") from None
+    get_adapter(model_type)  # clear error for unsupported families before transformers complains
+    return AutoConfig.from_pretrained(str(p), local_files_only=True)
+
+
+def is_checkpoint(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / RAMP_CONFIG).is_file()
+
+
+def load_model(
+    model_dir: str | Path,
+    num_labels: int | None = None,
+    pooling: str | None = None,
+    labels: list[str] | None = None,
+    task: str | None = None,
+) -> OffRampModel:
+    """Load a nanotrt checkpoint, or create an off-ramp model from a local HF model dir.
+
+    A ``...ForSequenceClassification`` checkpoint's classifier becomes the last ramp; its pooler (where
+    the family has one) initialises the dense layer of every ramp.
+    """
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    p = _check_local_dir(model_dir)
+    config = _read_hf_config(p)
+    config._attn_implementation = "eager"  # additive masks; exports cleanly and lets ORT fuse Attention
+
+    if is_checkpoint(p):
+        from safetensors.torch import load_model as st_load
+
+        rcfg = RampConfig(**json.loads((p / RAMP_CONFIG).read_text()))
+        encoder = AutoModel.from_config(config, attn_implementation="eager")
+        model = OffRampModel(encoder, rcfg)
+        try:
+            missing, unexpected = st_load(model, str(p / WEIGHTS), strict=False)
+        except Exception as e:  # noqa: BLE001 - corrupt/mismatched weights become one clear line
+            raise NanotrtError(f"cannot load {p / WEIGHTS}: {str(e).splitlines()[0]}") from None
+        # A pooler the source model never had (RoBERTa/DistilBERT heads) is unused by the ramps.
+        missing = [k for k in missing if not k.startswith("encoder.pooler.")]
+        if missing or unexpected:
+            raise NanotrtError(f"{p / WEIGHTS} does not match its config (missing {missing[:3]}, "
+                               f"unexpected {unexpected[:3]}): re-create the checkpoint")
+        return model.eval()
+
+    archs = getattr(config, "architectures", None) or []
+    is_cls = any(a.endswith("ForSequenceClassification") for a in archs)
+    kw: dict[str, Any] = {"local_files_only": True, "attn_implementation": "eager"}
+    if is_cls:
+        n = num_labels or config.num_labels
+        hf = AutoModelForSequenceClassification.from_pretrained(str(p), num_labels=n, **kw)
+        encoder = hf.base_model
+        id2label = getattr(config, "id2label", None) or {}
+        default_labels = [id2label.get(i, str(i)) for i in range(n)] if n > 1 else ["score"]
+    else:
+        n = num_labels or 2
+        hf = None
+        encoder = AutoModel.from_pretrained(str(p), **kw)
+        default_labels = []
+    adapter = get_adapter(config.model_type)
+    head = adapter.classifier_head(hf) if hf is not None else None
+    rcfg = RampConfig(
+        num_labels=n,
+        pooling=pooling or "cls",
+        activation=head.activation if head else ("relu" if adapter.model_type == "distilbert" else "tanh"),
+        labels=labels or default_labels,
+        task=task,
+    )
+    model = OffRampModel(encoder, rcfg)
+    pooler = adapter.pooler_dense(encoder)
+    with torch.no_grad():
+        for ramp in model.ramps:
+            if pooler is not None:  # a pretrained pooler is a better start than random init
+                ramp.dense.load_state_dict(pooler.state_dict())
+        if head is not None:
+            last = model.ramps[-1]
+            if head.dense is not None:
+                last.dense.load_state_dict(head.dense.state_dict())
+            if head.out.out_features == n:
+                last.out.load_state_dict(head.out.state_dict())
+    return model.eval()
+
+
+def save_checkpoint(model: OffRampModel, out_dir: str | Path, tokenizer_src: str | Path | None = None) -> Path:
+    """Write config.json + nanotrt.json + model.safetensors (+ tokenizer files) atomically."""
+    from safetensors.torch import save_model
+
+    out = Path(out_dir)
+    with atomic_dir(out) as tmp:
+        model.encoder.config.save_pretrained(str(tmp))
+        write_json(tmp / RAMP_CONFIG, asdict(model.cfg))
+        save_model(model, str(tmp / WEIGHTS))  # handles ALBERT's shared tensors
+        if tokenizer_src is not None:
+            copy_tokenizer_files(Path(tokenizer_src), tmp)
+    return out
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+)
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)

@@ -1,0 +1,230 @@
+"""The residency cache: which engines are loaded, under a byte budget, with one prefetch thread.
+
+The runner walks graphs in a known cyclic order (embeddings, layer 0, ramp 0, layer 1, ... then the next
+batch). Eviction follows Belady: drop the resident graph whose next use is farthest ahead in that order
+(for a cyclic scan larger than the cache this keeps a stable prefix resident, where LRU would miss on
+every access). A prefetch only evicts graphs needed later than the one it loads.
+
+Invariants: bytes of resident + in-flight engines never exceed the budget; a graph in use is never
+released; a graph being prefetched is never run before its load finished (callers wait on its future).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from engines.base import Backend
+
+from .artifact import Manifest
+from .errors import NanotrtError
+
+
+@dataclass
+class CacheStats:
+    loads: int = 0
+    releases: int = 0
+    bytes_loaded: int = 0
+    load_s: float = 0.0  # time spent loading, foreground and background
+    wait_s: float = 0.0  # time the runner was blocked on loads (what prefetch hides)
+    peak_resident_bytes: int = 0
+    prefetches: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Slot:
+    nbytes: int
+    engine: Any = None
+    future: Future[Any] | None = None
+    in_use: int = 0
+    last_loaded: float = field(default_factory=time.perf_counter)
+
+
+class ResidencyCache:
+    def __init__(self, backend: Backend, manifest: Manifest, order: list[str], budget: int | None,
+                 prefetch: bool = True):
+        self.backend, self.manifest = backend, manifest
+        self.sizes = {n: int(manifest.graphs[n]["bytes"]) for n in order}
+        self.budget = budget  # None: unlimited
+        self.order = order
+        self.positions: dict[str, list[int]] = {}
+        for i, n in enumerate(order):
+            self.positions.setdefault(n, []).append(i)
+        self.length = len(order)
+        self.cursor = 0
+        self.slots: dict[str, _Slot] = {}
+        self.stats = CacheStats()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanotrt-prefetch") if prefetch else None
+        if budget is not None and max(self.sizes.values()) > budget:
+            biggest = max(self.sizes, key=self.sizes.__getitem__)
+            raise NanotrtError(
+                f"memory budget {fmt_bytes(budget)} is smaller than the largest graph ({biggest}, "
+                f"{fmt_bytes(self.sizes[biggest])}) plus the working set: use at least "
+                f"{fmt_bytes(self.sizes[biggest])} of engine budget"
+            )
+
+    # --- accounting ------------------------------------------------------------------------
+    @property
+    def resident_bytes(self) -> int:
+        return sum(s.nbytes for s in self.slots.values())
+
+    def _distance(self, name: str) -> int:
+        """Steps from the cursor to the next use of ``name`` in the cyclic walk."""
+        return min((p - self.cursor) % self.length for p in self.positions[name])
+
+    def _make_room(self, need: int, horizon: int | None) -> bool:
+        """Evict idle engines (farthest next use first) until ``need`` bytes fit. With ``horizon``, only
+        engines used later than it may go. Called with the lock held; releases happen outside it."""
+        if self.budget is None:
+            return True
+        idle = [n for n, s in self.slots.items() if s.in_use == 0 and s.future is None]
+        idle.sort(key=self._distance, reverse=True)
+        free = self.budget - self.resident_bytes
+        victims = []
+        for n in idle:
+            if free >= need:
+                break
+            if horizon is not None and self._distance(n) <= horizon:
+                break
+            victims.append(n)
+            free += self.slots[n].nbytes
+        if free < need:
+            return False
+        for n in victims:
+            slot = self.slots.pop(n)
+            self.backend.release(slot.engine)
+            self.stats.releases += 1
+        return True
+
+    def _load(self, name: str) -> Any:
+        t = time.perf_counter()
+        engine = self.backend.load(self.manifest, name)
+        self.stats.load_s += time.perf_counter() - t
+        self.stats.loads += 1
+        self.stats.bytes_loaded += self.sizes[name]
+        return engine
+
+    # --- API for the runner ----------------------------------------------------------------
+    def acquire(self, pos: int) -> Any:
+        """Return the engine at step ``pos`` of the walk, loading it (or waiting for its prefetch);
+        marks it in use until ``release``."""
+        name = self.order[pos]
+        self.cursor = pos
+        t = time.perf_counter()
+        while True:
+            with self._lock:
+                slot = self.slots.get(name)
+                if slot is not None or self._make_room(self.sizes[name], None):
+                    break
+                pending = [s.future for s in self.slots.values() if s.future is not None]
+            if not pending:
+                raise NanotrtError("memory budget exhausted by engines in use: raise --memory-budget")
+            wait(pending)  # a prefetch holds the room; once loaded it can be evicted
+        with self._lock:
+            slot = self.slots.get(name)
+            if slot is None:
+                if not self._make_room(self.sizes[name], None):
+                    raise NanotrtError("memory budget exhausted by engines in use: raise --memory-budget")
+                slot = self.slots[name] = _Slot(self.sizes[name])
+                self.stats.peak_resident_bytes = max(self.stats.peak_resident_bytes, self.resident_bytes)
+                slot.in_use += 1
+                try:
+                    slot.engine = self._load(name)
+                except BaseException:
+                    self.slots.pop(name, None)
+                    raise
+                self.stats.wait_s += time.perf_counter() - t
+                return slot.engine
+            slot.in_use += 1
+            future = slot.future
+        if future is not None:
+            try:
+                future.result()
+            except BaseException:
+                with self._lock:
+                    self.slots.pop(name, None)
+                raise
+            finally:
+                self.stats.wait_s += time.perf_counter() - t
+        return slot.engine
+
+    def release(self, pos: int) -> None:
+        """The runner is done with step ``pos`` for now; the engine stays resident until room is needed."""
+        name = self.order[pos]
+        with self._lock:
+            slot = self.slots.get(name)
+            if slot is not None and slot.in_use > 0:
+                slot.in_use -= 1
+
+    def prefetch(self, pos: int) -> None:
+        """Start loading the engine of step ``pos`` in the background if the budget allows without
+        evicting anything that is needed sooner. Never blocks."""
+        if self._pool is None:
+            return
+        name = self.order[pos % self.length]
+        with self._lock:
+            if name in self.slots:
+                return
+            if not self._make_room(self.sizes[name], horizon=self._distance(name)):
+                return
+            slot = self.slots[name] = _Slot(self.sizes[name])
+            self.stats.peak_resident_bytes = max(self.stats.peak_resident_bytes, self.resident_bytes)
+            self.stats.prefetches += 1
+            slot.future = self._pool.submit(self._prefetch_job, name, slot)
+
+    def _prefetch_job(self, name: str, slot: _Slot) -> None:
+        try:
+            slot.engine = self._load(name)
+        finally:
+            with self._lock:
+                slot.future = None if slot.engine is not None else slot.future
+                if slot.engine is None:  # failed: give the bytes back; acquire re-raises from the future
+                    self.slots.pop(name, None)
+
+    def clear(self) -> None:
+        """Release every engine (waiting for in-flight prefetches first)."""
+        for slot in list(self.slots.values()):
+            if slot.future is not None:
+                try:
+                    slot.future.result()
+                except BaseException:  # noqa: BLE001, S110 - already reported to whoever acquired it
+                    pass
+        with self._lock:
+            for name in list(self.slots):
+                slot = self.slots.pop(name)
+                if slot.engine is not None:
+                    self.backend.release(slot.engine)
+                    self.stats.releases += 1
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self.clear()
+
+
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def parse_size(text: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS | {"": 1}:
+        raise NanotrtError(f"cannot read memory size '{text}': use e.g. 300MB, 2GB, 512MiB, 3layers or all")
+    return int(float(m.group(1)) * _UNITS.get(m.group(2).lower(), 1))

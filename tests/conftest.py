@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tinymodels import FAMILIES, make_tiny  # noqa: E402
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hi there", "A somewhat longer sentence, with punctuation!"]
+PAIRS = ["It was quick.", "Hello back to you, my friend, how are you doing today?", "Short."]
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {fam: make_tiny(fam, root / fam) for fam in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def artifacts(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from pipeline.export import export_model
+
+    root = tmp_path_factory.mktemp("artifacts")
+    return {fam: export_model(d, root / fam).root for fam, d in tiny_dirs.items()}
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
