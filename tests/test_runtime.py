@@ -1,0 +1,225 @@
+"""Streaming runtime: budgets, prefetch, swaps, exit policies vs a PyTorch reference, batch compaction."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import PAIRS, TEXTS
+
+from engines.onnxruntime import OrtBackend
+from pipeline.errors import NanotrtError
+from pipeline.exits import parse_exit
+from pipeline.runner import Runner
+
+MANY = [
+    "the film is a triumph", "i hated every minute of it", "an ok movie", "what a waste of time and money",
+    "brilliant acting , dull plot", "it rains", "nobody expected the ending to be this good , honestly",
+    "bad", "good", "the cast does what it can with a script that goes nowhere slowly",
+    "a gem", "two hours i will never get back",
+]
+
+
+@pytest.fixture(scope="module")
+def spiky(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer BERT whose ramps give confident, varied predictions, so exits differ per sample."""
+    from tinymodels import make_tiny
+
+    from pipeline.export import export_model
+    from pipeline.model import load_model, save_checkpoint
+
+    root = tmp_path_factory.mktemp("spiky")
+    d = make_tiny("bert", root / "hf", layers=4, seed=3)
+    m = load_model(d, pooling="mean")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for r in m.ramps:
+            r.dense.weight.copy_(torch.randn(r.dense.weight.shape, generator=g))
+            r.out.weight.copy_(3 * torch.randn(r.out.weight.shape, generator=g))
+    save_checkpoint(m, root / "ckpt", tokenizer_src=d)
+    return export_model(root / "ckpt", root / "art").root
+
+
+class CountingBackend(OrtBackend):
+    """Tracks engine bytes held and checks the budget on every load."""
+
+    def __init__(self, budget: int | None = None, fail_on: str | None = None, exc: type[BaseException] = NanotrtError):
+        super().__init__()
+        self.held = 0
+        self.peak = 0
+        self.budget = budget
+        self.fail_on, self.exc = fail_on, exc
+        self.lock = threading.Lock()
+
+    def load(self, manifest: Any, name: str) -> Any:
+        if name == self.fail_on:
+            raise self.exc(f"injected failure loading {name}")
+        e = super().load(manifest, name)
+        with self.lock:
+            self.held += e.nbytes
+            self.peak = max(self.peak, self.held)
+            assert self.budget is None or self.held <= self.budget, (self.held, self.budget)
+        return e
+
+    def release(self, engine: Any) -> None:
+        with self.lock:
+            self.held -= engine.nbytes
+        super().release(engine)
+
+
+@pytest.mark.parametrize("fam", ["bert", "albert", "roberta"])
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_smallest_budget_equals_all_resident(artifacts: dict[str, Path], fam: str, prefetch: bool) -> None:
+    with Runner.from_artifact(artifacts[fam]) as r:
+        full = r.predict(TEXTS, PAIRS, batch_size=2)
+    with Runner.from_artifact(artifacts[fam], memory_budget="1layer", prefetch=prefetch) as r:
+        small = r.predict(TEXTS * 2, PAIRS * 2, batch_size=2)  # twice: swaps across batches too
+        assert r.cache.stats.releases > 0
+    np.testing.assert_allclose(small.logits[:3], full.logits, atol=1e-6)
+    np.testing.assert_allclose(small.logits[3:], full.logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", ["1layer", "2layers", "120KB", "all"])
+def test_engine_bytes_never_exceed_budget(spiky: Path, budget: str) -> None:
+    r = Runner.from_artifact(spiky, memory_budget=budget)
+    be = CountingBackend(r.budget)
+    with Runner(r.manifest, be, memory_budget=budget, exit="patience=1") as runner:
+        runner.predict(MANY, batch_size=3)
+        assert runner.cache.stats.peak_resident_bytes <= (runner.budget or 1 << 62)
+    assert be.held == 0  # everything released on close
+    r.close()
+
+
+def test_budget_too_small_names_minimum(spiky: Path) -> None:
+    with pytest.raises(NanotrtError, match="use at least"):
+        Runner.from_artifact(spiky, memory_budget="10KB")
+    with pytest.raises(NanotrtError, match="cannot read memory size"):
+        Runner.from_artifact(spiky, memory_budget="lots")
+
+
+@pytest.mark.parametrize("spec", ["patience=1", "patience=2", "entropy=0.005", "maxprob=0.999", "depth=2", "none"])
+def test_exits_match_pytorch_reference(spiky: Path, spec: str) -> None:
+    from pipeline.model import load_model
+    from pipeline.reference import reference_exit
+
+    model = load_model(spiky / "checkpoint")
+    with Runner.from_artifact(spiky, exit=spec, memory_budget="2layers") as r:
+        res = r.predict(MANY, batch_size=5)
+        enc = [r.tokenizer([t]) for t in MANY]
+    policy = parse_exit(spec)
+    layers, labels = [], []
+    for e in enc:
+        logits, layer = reference_exit(model, *(torch.from_numpy(e[k]) for k in
+                                                ("input_ids", "attention_mask", "token_type_ids")), policy)
+        layers.append(layer)
+        labels.append(int(logits.argmax()))
+    assert res.exit_layers.tolist() == layers
+    assert res.label_ids.tolist() == labels
+    if spec.startswith("patience"):
+        assert len(set(layers)) > 1, "fixture should make samples exit at different layers"
+
+
+@pytest.mark.parametrize("spec", ["patience=1", "entropy=0.05"])
+def test_batch_compaction_equals_one_by_one(spiky: Path, spec: str) -> None:
+    with Runner.from_artifact(spiky, exit=spec) as r:
+        batched = r.predict(MANY, batch_size=len(MANY))
+        single = r.predict(MANY, batch_size=1)
+    assert batched.exit_layers.tolist() == single.exit_layers.tolist()
+    assert batched.label_ids.tolist() == single.label_ids.tolist()
+    np.testing.assert_allclose(batched.logits, single.logits, atol=1e-5)
+    assert batched.stats.layers_executed < len(MANY) * 4  # some rows really left early
+
+
+def test_torch_backend_matches_onnxruntime(spiky: Path) -> None:
+    with Runner.from_artifact(spiky, backend="torch", exit="patience=1") as r:
+        ref = r.predict(MANY, batch_size=4)
+    with Runner.from_artifact(spiky, exit="patience=1") as r:
+        ours = r.predict(MANY, batch_size=4)
+    assert ref.exit_layers.tolist() == ours.exit_layers.tolist()
+    np.testing.assert_allclose(ref.logits, ours.logits, atol=1e-4)
+
+
+def _prefetch_threads() -> int:
+    return sum(t.name.startswith("nanotrt-prefetch") for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("exc", [NanotrtError, KeyboardInterrupt])
+def test_load_failure_and_interrupt_leave_runner_usable(spiky: Path, exc: type[BaseException]) -> None:
+    m = Runner.from_artifact(spiky).manifest
+    be = CountingBackend(fail_on="layer_02", exc=exc)
+    runner = Runner(m, be, memory_budget="2layers", prefetch=True)
+    with pytest.raises(exc):
+        runner.predict(MANY[:3], batch_size=3)
+    assert all(s.in_use == 0 for s in runner.cache.slots.values())
+    be.fail_on = None
+    res = runner.predict(MANY[:3], batch_size=3)  # same process, same runner, works again
+    assert len(res.predictions) == 3
+    runner.close()
+    assert _prefetch_threads() == 0 and be.held == 0
+
+
+def test_corrupted_engine_mid_run(spiky: Path, tmp_path: Path) -> None:
+    art = tmp_path / "art"
+    shutil.copytree(spiky, art)
+    with Runner.from_artifact(art, memory_budget="1layer") as r:
+        good = r.predict(MANY[:4])
+        layer = art / "graphs" / "layer_02.onnx"
+        original = layer.read_bytes()
+        layer.write_bytes(original[:100] + b"\0" * 64 + original[164:])
+        with pytest.raises(NanotrtError, match="sha256"):
+            r.predict(MANY[:4])
+        layer.write_bytes(original)
+        again = r.predict(MANY[:4])
+    np.testing.assert_allclose(good.logits, again.logits, atol=1e-6)
+
+
+def test_predict_imports_neither_torch_nor_transformers(spiky: Path) -> None:
+    code = (
+        "import sys\n"
+        "from pipeline.runner import Runner\n"
+        f"r = Runner.from_artifact({str(spiky)!r}, memory_budget='2layers', exit='patience=2')\n"
+        "r.predict(['hello there', 'a second text'], batch_size=2)\n"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+
+
+def test_memory_comes_back_after_release(tmp_path: Path) -> None:
+    """Process RSS drops when the engines are released (arena disabled, malloc_trim)."""
+    import gc
+
+    import psutil
+    from tinymodels import make_tiny
+
+    from pipeline.export import export_model
+
+    d = make_tiny("bert", tmp_path / "m", layers=1)
+    # widen the layer so its weights dominate the noise: ~hidden 32 is tiny, so use a dedicated config
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    cfg = AutoConfig.for_model("bert", hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
+                               intermediate_size=2048, vocab_size=30522, max_position_embeddings=128)
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(str(d))
+    art = export_model(d, tmp_path / "art", check=False, include_checkpoint=False).root
+    proc = psutil.Process()
+    gc.collect()
+    before = proc.memory_info().rss
+    r = Runner.from_artifact(art, prefetch=False)
+    r.predict(["load everything"])
+    engine_bytes = r.cache.resident_bytes
+    loaded = proc.memory_info().rss
+    r.cache.clear()
+    gc.collect()
+    after = proc.memory_info().rss
+    r.close()
+    assert engine_bytes > 40e6
+    assert loaded - before > 0.8 * engine_bytes
+    assert loaded - after > 0.6 * engine_bytes, (before, loaded, after)
