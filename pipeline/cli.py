@@ -39,6 +39,46 @@ def export(
     export_model(model_dir, out, max_length=max_length, model=model, include_checkpoint=torch_reference)
 
 
+@app.command()
+def train(
+    task: Annotated[str, typer.Option(help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")],
+    model: Annotated[Path, typer.Option(help="local HF model dir (or nanotrt checkpoint)")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint dir to write")],
+    method: Annotated[str, typer.Option(help="pabee (joint, weighted) or deebert (two-stage)")] = "pabee",
+    epochs: Annotated[float, typer.Option()] = 3.0,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    lr: Annotated[float, typer.Option(help="peak learning rate (linear warm-up and decay)")] = 1e-4,
+    warmup: Annotated[float, typer.Option(help="warm-up fraction of steps")] = 0.1,
+    max_length: Annotated[int, typer.Option()] = 128,
+    seed: Annotated[int, typer.Option()] = 42,
+    limit: Annotated[int | None, typer.Option(help="use only the first N train examples")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="use only the first N dev examples")] = None,
+    grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps")] = 1,
+    pooling: Annotated[str | None, typer.Option(help="ramp pooling: cls or mean (default: the model's own)")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="GLUE dir (default $NANOTRT_GLUE_DIR or ../shared/data/glue)")] = None,
+) -> None:
+    """Train off-ramps on a GLUE task; prints and saves the dev metric of every ramp."""
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    cfg = TrainConfig(task=task, method=method, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
+                      max_length=max_length, seed=seed, limit=limit, eval_limit=eval_limit,
+                      grad_accum=grad_accum, pooling=pooling, data_dir=data_dir)
+    report = run_train(model, out, cfg)
+    from rich.table import Table
+
+    from .progress import console
+
+    table = Table(title=f"{report['task']} dev, per ramp ({report['train_seconds']} s training)")
+    keys = [k for k in report["ramps"][0] if k != "layer"]
+    table.add_column("layer")
+    for k in keys:
+        table.add_column(k)
+    for row in report["ramps"]:
+        table.add_row(str(row["layer"]), *(f"{100 * row[k]:.2f}" for k in keys))
+    console.print(table)
+
+
 def _read_inputs(texts: list[str], pair: str | None, file: Path | None) -> tuple[list[str], list[str] | None]:
     if file is not None:
         src = sys.stdin if str(file) == "-" else None

@@ -190,7 +190,8 @@ def load_model(
     kw: dict[str, Any] = {"local_files_only": True, "attn_implementation": "eager"}
     if is_cls:
         n = num_labels or config.num_labels
-        hf = AutoModelForSequenceClassification.from_pretrained(str(p), num_labels=n, **kw)
+        hf = AutoModelForSequenceClassification.from_pretrained(
+            str(p), num_labels=n, ignore_mismatched_sizes=n != config.num_labels, **kw)
         encoder = hf.base_model
         id2label = getattr(config, "id2label", None) or {}
         default_labels = [id2label.get(i, str(i)) for i in range(n)] if n > 1 else ["score"]
@@ -203,7 +204,7 @@ def load_model(
     head = adapter.classifier_head(hf) if hf is not None else None
     rcfg = RampConfig(
         num_labels=n,
-        pooling=pooling or "cls",
+        pooling=pooling or default_pooling(p),
         activation=head.activation if head else ("relu" if adapter.model_type == "distilbert" else "tanh"),
         labels=labels or default_labels,
         task=task,
@@ -223,8 +224,18 @@ def load_model(
     return model.eval()
 
 
-def save_checkpoint(model: OffRampModel, out_dir: str | Path, tokenizer_src: str | Path | None = None) -> Path:
-    """Write config.json + nanotrt.json + model.safetensors (+ tokenizer files) atomically."""
+def default_pooling(model_dir: Path) -> str:
+    """``mean`` for sentence-transformers models trained with mean pooling (their 1_Pooling config),
+    else ``cls`` as in DeeBERT/PABEE. CLS ramps on a mean-trained encoder collapse at shallow layers."""
+    cfg = model_dir / "1_Pooling" / "config.json"
+    if cfg.is_file() and json.loads(cfg.read_text()).get("pooling_mode_mean_tokens"):
+        return "mean"
+    return "cls"
+
+
+def save_checkpoint(model: OffRampModel, out_dir: str | Path, tokenizer_src: str | Path | None = None,
+                    extra_json: dict[str, Any] | None = None) -> Path:
+    """Write config.json + nanotrt.json + model.safetensors (+ tokenizer files, extra JSON) atomically."""
     from safetensors.torch import save_model
 
     out = Path(out_dir)
@@ -234,6 +245,8 @@ def save_checkpoint(model: OffRampModel, out_dir: str | Path, tokenizer_src: str
         save_model(model, str(tmp / WEIGHTS))  # handles ALBERT's shared tensors
         if tokenizer_src is not None:
             copy_tokenizer_files(Path(tokenizer_src), tmp)
+        for name, data in (extra_json or {}).items():
+            write_json(tmp / name, data)
     return out
 
 

@@ -1,0 +1,215 @@
+"""GLUE tasks in their original TSV formats, and the metrics GLUE reports.
+
+Readers use QUOTE_NONE (GLUE text contains stray quotes) and skip-and-count malformed lines (QQP and
+MNLI have some in the wild) instead of crashing. numpy/scipy only, so bench and calibration can use it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NanotrtError
+
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    dir: str
+    text_cols: tuple[str | int, ...]  # header names, or indices for headerless files
+    label_col: str | int
+    labels: tuple[str, ...]  # () for regression
+    metrics: tuple[str, ...]
+    header: bool = True
+    files: dict[str, str] = field(default_factory=lambda: {"train": "train.tsv", "dev": "dev.tsv"})
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels) or 1
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.labels
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+
+_NLI3 = ("contradiction", "entailment", "neutral")
+_ENT2 = ("entailment", "not_entailment")
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("cola", "CoLA", (3,), 1, ("0", "1"), ("mcc",), header=False),
+    Task("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",)),
+    Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("accuracy", "f1")),
+    Task("stsb", "STS-B", ("sentence1", "sentence2"), "score", (), ("pearson", "spearman")),
+    Task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("accuracy", "f1")),
+    Task("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", _NLI3, ("accuracy",),
+         files={"train": "train.tsv", "dev": "dev_matched.tsv"}),
+    Task("mnli-mm", "MNLI", ("sentence1", "sentence2"), "gold_label", _NLI3, ("accuracy",),
+         files={"train": "train.tsv", "dev": "dev_mismatched.tsv"}),
+    Task("qnli", "QNLI", ("question", "sentence"), "label", _ENT2, ("accuracy",)),
+    Task("rte", "RTE", ("sentence1", "sentence2"), "label", _ENT2, ("accuracy",)),
+    Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",)),
+]}
+ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli_mm": "mnli-mm", "mnli-mismatched": "mnli-mm"}
+
+
+def get_task(name: str) -> Task:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in TASKS:
+        raise NanotrtError(f"unknown task '{name}': use one of {', '.join(TASKS)}")
+    return TASKS[key]
+
+
+@dataclass
+class Split:
+    task: Task
+    texts: list[str]
+    pairs: list[str] | None
+    labels: np.ndarray  # int64 class ids, or float32 scores for regression
+    skipped: int = 0  # malformed lines skipped
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def head(self, n: int | None) -> Split:
+        if n is None or n >= len(self):
+            return self
+        return Split(self.task, self.texts[:n], self.pairs[:n] if self.pairs else None, self.labels[:n], self.skipped)
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("NANOTRT_GLUE_DIR")
+    if env:
+        return Path(env)
+    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
+        cand = base.parent / "shared" / "data" / "glue"
+        if cand.is_dir():
+            return cand
+    return Path.cwd() / "glue"
+
+
+def task_file(task: Task, split: str, data_dir: str | Path | None = None) -> Path:
+    root = Path(data_dir) if data_dir else default_data_dir()
+    path = root / task.dir / task.files[split]
+    if not path.is_file():
+        expected = ", ".join(str(root / task.dir / f) for f in dict.fromkeys(task.files.values()))
+        raise NanotrtError(
+            f"GLUE {task.name} {split} split not found: expected {expected}; download the GLUE data and put "
+            f"the {task.dir}/ folder under {root} (or pass --data-dir / set NANOTRT_GLUE_DIR)"
+        )
+    return path
+
+
+def read_split(task: Task | str, split: str = "dev", data_dir: str | Path | None = None,
+               limit: int | None = None) -> Split:
+    task = get_task(task) if isinstance(task, str) else task
+    path = task_file(task, split, data_dir)
+    texts: list[str] = []
+    pairs: list[str] = []
+    labels: list[float] = []
+    skipped = 0
+    label_index = {lab: i for i, lab in enumerate(task.labels)}
+    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: MRPC starts with a BOM
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if task.header:
+            header = next(rows, [])
+            try:
+                cols = [header.index(c) for c in task.text_cols]  # type: ignore[arg-type]
+                lcol = header.index(task.label_col)  # type: ignore[arg-type]
+            except ValueError:
+                raise NanotrtError(f"{path} does not have the GLUE {task.name} header "
+                                   f"(needs {list(task.text_cols)} and '{task.label_col}')") from None
+        else:
+            cols, lcol = list(task.text_cols), int(task.label_col)  # type: ignore[arg-type]
+            header = []
+        width = len(header) if task.header else max([*cols, lcol]) + 1
+        for row in rows:
+            if task.name.startswith("mnli") and task.header:
+                lcol_row = len(row) - 1  # gold_label is the last column; label1..5 vary in count
+                ok = len(row) >= max(cols) + 2
+            else:
+                lcol_row = lcol
+                ok = len(row) == width if task.header else len(row) >= width
+            if not ok:
+                skipped += 1
+                continue
+            raw = row[lcol_row].strip()
+            if task.is_regression:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    skipped += 1
+                    continue
+            elif raw in label_index:
+                value = label_index[raw]
+            else:
+                skipped += 1
+                continue
+            texts.append(row[cols[0]])
+            if len(cols) > 1:
+                pairs.append(row[cols[1]])
+            labels.append(value)
+            if limit is not None and len(texts) >= limit:
+                break
+    dtype = np.float32 if task.is_regression else np.int64
+    return Split(task, texts, pairs if len(task.text_cols) > 1 else None, np.array(labels, dtype=dtype), skipped)
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def matthews_corrcoef(y: np.ndarray, p: np.ndarray) -> float:
+    y, p = np.asarray(y).astype(int), np.asarray(p).astype(int)
+    tp = float(np.sum((y == 1) & (p == 1)))
+    tn = float(np.sum((y == 0) & (p == 0)))
+    fp = float(np.sum((y == 0) & (p == 1)))
+    fn = float(np.sum((y == 1) & (p == 0)))
+    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return float((tp * tn - fp * fn) / den) if den else 0.0
+
+
+def f1_score(y: np.ndarray, p: np.ndarray) -> float:
+    y, p = np.asarray(y).astype(int), np.asarray(p).astype(int)
+    tp = float(np.sum((y == 1) & (p == 1)))
+    prec = tp / max(float(np.sum(p == 1)), 1.0)
+    rec = tp / max(float(np.sum(y == 1)), 1.0)
+    return 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+
+
+def _pearson(y: np.ndarray, p: np.ndarray) -> float:
+    from scipy.stats import pearsonr
+
+    return float(pearsonr(y, p)[0]) if np.std(p) > 0 else 0.0
+
+
+def _spearman(y: np.ndarray, p: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(y, p)[0]) if np.std(p) > 0 else 0.0
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": lambda y, p: float(np.mean(np.asarray(y) == np.asarray(p))),
+    "mcc": matthews_corrcoef,
+    "f1": f1_score,
+    "pearson": _pearson,
+    "spearman": _spearman,
+}
+
+
+def predictions_from_logits(task: Task, logits: np.ndarray) -> np.ndarray:
+    return logits[:, 0] if task.is_regression else logits.argmax(-1)
+
+
+def compute_metrics(task: Task, labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    """GLUE metrics (as fractions; multiply by 100 for the leaderboard convention)."""
+    return {m: METRICS[m](labels, preds) for m in task.metrics}

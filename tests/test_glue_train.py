@@ -1,0 +1,106 @@
+"""GLUE readers and metrics on fixtures; off-ramp training on a tiny model for both methods."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import NanotrtError
+from pipeline.glue import compute_metrics, f1_score, get_task, matthews_corrcoef, read_split
+
+FIX = Path(__file__).parent / "fixtures" / "glue"
+
+
+def test_mnli_matched_and_mismatched() -> None:
+    tr = read_split("mnli", "train", FIX)
+    assert len(tr) == 4 and tr.skipped == 1  # the truncated line
+    assert tr.texts[3] == 'He said "yes'  # QUOTE_NONE keeps the stray quote
+    assert tr.labels.tolist() == [2, 1, 1, 0]  # neutral, entailment, entailment, contradiction
+    m = read_split("mnli", "dev", FIX)
+    assert len(m) == 3 and m.skipped == 1  # gold label "-"
+    mm = read_split("mnli-mm", "dev", FIX)
+    assert len(mm) == 2 and mm.pairs is not None and mm.labels.tolist() == [0, 0]
+
+
+def test_qqp_skips_malformed_lines() -> None:
+    s = read_split("qqp", "train", FIX)
+    assert len(s) == 4 and s.skipped == 1
+    assert s.pairs is not None and s.pairs[1] == "How do you control your horniness?"
+
+
+def test_mrpc_bom_and_rte() -> None:
+    s = read_split("mrpc", "train", FIX)
+    assert s.labels.tolist() == [1, 0] and s.texts[0].startswith("Amrozi")
+    r = read_split("rte", "dev", FIX)
+    assert r.labels.tolist() == [1, 0]
+
+
+def test_real_glue_files_on_this_machine() -> None:
+    cola = read_split("cola", "dev")
+    assert len(cola) == 1043 and set(cola.labels.tolist()) == {0, 1}
+    sts = read_split("stsb", "dev")
+    assert len(sts) == 1500 and sts.labels.dtype == np.float32 and sts.pairs is not None
+    sst = read_split("sst2", "dev")
+    assert len(sst) == 872
+    assert len(read_split("qnli", "dev")) == 5463
+
+
+def test_missing_task_names_expected_files(tmp_path: Path) -> None:
+    with pytest.raises(NanotrtError, match=r"MNLI/train.tsv.*dev_matched.tsv.*dev_mismatched.tsv|dev_matched"):
+        read_split("mnli", "dev", tmp_path)
+    with pytest.raises(NanotrtError, match="unknown task"):
+        get_task("imagenet")
+
+
+def test_metrics() -> None:
+    y = np.array([1, 1, 0, 0, 1])
+    p = np.array([1, 0, 0, 1, 1])
+    assert matthews_corrcoef(y, y) == pytest.approx(1.0)
+    assert matthews_corrcoef(y, np.ones_like(y)) == 0.0
+    assert f1_score(y, p) == pytest.approx(2 / 3)
+    assert compute_metrics(get_task("mrpc"), y, p)["accuracy"] == pytest.approx(0.6)
+    r = compute_metrics(get_task("stsb"), np.array([0.0, 1, 2, 3]), np.array([0.1, 0.9, 2.5, 2.9]))
+    assert r["pearson"] > 0.9 and r["spearman"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("method", ["pabee", "deebert"])
+def test_training_lowers_loss_and_round_trips(method: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from pipeline.export import export_model
+    from pipeline.runner import Runner
+    from pipeline.train import TrainConfig, train
+
+    cfg = TrainConfig(task="cola", method=method, epochs=4, batch_size=16, lr=2e-3, data_dir=str(FIX), seed=0)
+    report = train(tiny_dirs["bert"], tmp_path / "ckpt", cfg)
+    assert report["loss_last"] < report["loss_first"]
+    assert len(report["ramps"]) == 3 and "mcc" in report["ramps"][0]
+    saved = json.loads((tmp_path / "ckpt" / "ramp_metrics.json").read_text())
+    assert saved["ramps"] == report["ramps"]
+    art = export_model(tmp_path / "ckpt", tmp_path / "art").root  # export checks parity itself
+    with Runner.from_artifact(art) as r:
+        assert r.manifest.task == "cola" and r.labels == ["0", "1"]
+        r.predict(["a sentence"])
+
+
+def test_regression_training(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from pipeline.train import TrainConfig, train
+
+    cfg = TrainConfig(task="stsb", epochs=3, batch_size=16, lr=2e-3, data_dir=str(FIX), seed=0)
+    report = train(tiny_dirs["distilbert"], tmp_path / "ckpt", cfg)
+    assert report["loss_last"] < report["loss_first"]
+    assert {"pearson", "spearman"} <= set(report["ramps"][-1])
+
+
+def test_interrupted_training_leaves_no_checkpoint(tiny_dirs: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.train as tr
+
+    def boom(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "evaluate_ramps", boom)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(tiny_dirs["bert"], tmp_path / "ckpt", tr.TrainConfig(task="cola", epochs=1, data_dir=str(FIX)))
+    assert not (tmp_path / "ckpt").exists()
