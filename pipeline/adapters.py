@@ -54,16 +54,16 @@ class FamilyAdapter:
         """Which unique layer graph layer ``i`` runs (ALBERT shares weights across layers)."""
         return i
 
-    def word_embeddings(self, base: nn.Module) -> nn.Embedding:
+    def word_embeddings(self, base: Any) -> nn.Embedding:
         return base.embeddings.word_embeddings
 
-    def embed(self, base: nn.Module, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+    def embed(self, base: Any, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None,
               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         if inputs_embeds is not None:
             input_ids = None  # positions default to 0..S-1, right padding keeps real tokens' positions
         return base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
 
-    def layer_module(self, base: nn.Module, i: int) -> nn.Module:
+    def layer_module(self, base: Any, i: int) -> Any:
         return base.encoder.layer[i]
 
     def run_layer(self, layer: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -71,11 +71,11 @@ class FamilyAdapter:
         return out[0] if isinstance(out, tuple) else out
 
     # --- heads -----------------------------------------------------------------------------
-    def pooler_dense(self, base: nn.Module) -> nn.Linear | None:
+    def pooler_dense(self, base: Any) -> nn.Linear | None:
         pooler = getattr(base, "pooler", None)
         return getattr(pooler, "dense", None) if pooler is not None else None
 
-    def classifier_head(self, model: nn.Module) -> ClassifierHead:
+    def classifier_head(self, model: Any) -> ClassifierHead:
         return ClassifierHead(self.pooler_dense(model.base_model), model.classifier, "tanh")
 
 
@@ -114,7 +114,7 @@ class RobertaAdapter(FamilyAdapter):
     has_token_types = False
     embeddings_need_ids = True
 
-    def embed(self, base: nn.Module, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+    def embed(self, base: Any, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None,
               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         if inputs_embeds is None:
             return base.embeddings(input_ids=input_ids)
@@ -123,7 +123,7 @@ class RobertaAdapter(FamilyAdapter):
         pos = emb.create_position_ids_from_input_ids(input_ids, emb.padding_idx)
         return emb(position_ids=pos, inputs_embeds=inputs_embeds)
 
-    def classifier_head(self, model: nn.Module) -> ClassifierHead:
+    def classifier_head(self, model: Any) -> ClassifierHead:
         return ClassifierHead(model.classifier.dense, model.classifier.out_proj, "tanh")
 
 
@@ -137,14 +137,14 @@ class AlbertAdapter(FamilyAdapter):
     def layer_graph_index(self, config: Any, i: int) -> int:
         return int(i / (config.num_hidden_layers / config.num_hidden_groups))
 
-    def embed(self, base: nn.Module, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+    def embed(self, base: Any, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None,
               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         return base.encoder.embedding_hidden_mapping_in(super().embed(base, input_ids, token_type_ids, inputs_embeds))
 
-    def layer_module(self, base: nn.Module, i: int) -> nn.Module:
+    def layer_module(self, base: Any, i: int) -> Any:
         return base.encoder.albert_layer_groups[self.layer_graph_index(base.config, i)]
 
-    def pooler_dense(self, base: nn.Module) -> nn.Linear | None:
+    def pooler_dense(self, base: Any) -> nn.Linear | None:
         return getattr(base, "pooler", None)
 
 
@@ -161,15 +161,15 @@ class DistilBertAdapter(FamilyAdapter):
     def hidden_size(self, config: Any) -> int:
         return int(config.dim)
 
-    def embed(self, base: nn.Module, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+    def embed(self, base: Any, input_ids: torch.Tensor | None, token_type_ids: torch.Tensor | None,
               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         return base.embeddings(None if inputs_embeds is not None else input_ids, inputs_embeds=inputs_embeds)
 
-    def layer_module(self, base: nn.Module, i: int) -> nn.Module:
+    def layer_module(self, base: Any, i: int) -> Any:
         return base.transformer.layer[i]
 
-    def pooler_dense(self, base: nn.Module) -> nn.Linear | None:
+    def pooler_dense(self, base: Any) -> nn.Linear | None:
         return None
 
-    def classifier_head(self, model: nn.Module) -> ClassifierHead:
+    def classifier_head(self, model: Any) -> ClassifierHead:
         return ClassifierHead(model.pre_classifier, model.classifier, "relu")

@@ -10,7 +10,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -72,9 +72,9 @@ class Ramp(nn.Module):
 
 
 class OffRampModel(nn.Module):
-    def __init__(self, encoder: nn.Module, cfg: RampConfig):
+    def __init__(self, encoder: Any, cfg: RampConfig):
         super().__init__()
-        self.encoder = encoder
+        self.encoder: Any = encoder
         self.cfg = cfg
         self.adapter: FamilyAdapter = get_adapter(encoder.config.model_type)
         self.num_layers = self.adapter.num_layers(encoder.config)
@@ -201,7 +201,7 @@ def load_model(
         encoder = AutoModel.from_pretrained(str(p), **kw)
         default_labels = []
     adapter = get_adapter(config.model_type)
-    head = adapter.classifier_head(hf) if hf is not None else None
+    head: Any = adapter.classifier_head(hf) if hf is not None else None
     rcfg = RampConfig(
         num_labels=n,
         pooling=pooling or default_pooling(p),
@@ -210,13 +210,14 @@ def load_model(
         task=task,
     )
     model = OffRampModel(encoder, rcfg)
-    pooler = adapter.pooler_dense(encoder)
+    pooler: Any = adapter.pooler_dense(encoder)
     with torch.no_grad():
         for ramp in model.ramps:
+            ramp = cast(Ramp, ramp)
             if pooler is not None:  # a pretrained pooler is a better start than random init
                 ramp.dense.load_state_dict(pooler.state_dict())
         if head is not None:
-            last = model.ramps[-1]
+            last: Any = model.ramps[-1]
             if head.dense is not None:
                 last.dense.load_state_dict(head.dense.state_dict())
             if head.out.out_features == n:

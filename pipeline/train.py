@@ -126,7 +126,7 @@ def _run_stage(model: OffRampModel, data: Encoded, task: Task, cfg: TrainConfig,
                     b = data.batch(chunk[a:a + cfg.batch_size])
                     logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
                     ls = ramp_losses(task, logits, b["labels"])
-                    loss = sum(w * lo for w, lo in zip(weights, ls, strict=True) if w) / wsum
+                    loss = torch.stack([w * lo for w, lo in zip(weights, ls, strict=True) if w]).sum() / wsum
                     (loss * len(b["labels"]) / len(chunk)).backward()
                     losses.append(loss.item())
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,1 @@
+"""Task data -> layer-wise calibration feeds -> quantized graphs (shared by ONNX Runtime and TensorRT builds)."""

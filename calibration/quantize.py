@@ -1,0 +1,76 @@
+"""INT8 quantization through ONNX Runtime: static QDQ (calibrated) and dynamic, plus a per-graph error
+measure used to keep sensitive graphs in higher precision."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import NanotrtError
+
+from .readers import FeedReader, Feeds
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _method(name: str) -> object:
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}
+    if name not in table:
+        raise NanotrtError(f"unknown calibration method '{name}': use {', '.join(CALIB_METHODS)}")
+    return table[name]
+
+
+def quantize_static_qdq(src: Path, dst: Path, batches: list[Feeds], input_names: list[str], method: str = "minmax",
+                        for_tensorrt: bool = False) -> None:
+    """Explicit QDQ INT8. For TensorRT: symmetric signed activations and weights (what its explicit
+    quantization accepts). For ORT CPU: unsigned activations (U8S8, the fast x86 kernels)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    ort.set_default_logger_severity(3)
+
+    extra: dict[str, object] = {"ActivationSymmetric": for_tensorrt, "WeightSymmetric": True}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.99
+    logging.getLogger("root").setLevel(logging.ERROR)  # ORT quantization logs per node at INFO
+    quantize_static(
+        str(src), str(dst), FeedReader(batches, input_names),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul", "Gemm"],  # the FLOPs; LayerNorm/Softmax/GELU stay float
+        per_channel=True,
+        activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=_method(method),
+        extra_options=extra,
+    )
+
+
+def quantize_dynamic_int8(src: Path, dst: Path) -> None:
+    """Weights INT8 offline, activations quantized at run time (no calibration data)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                     weight_type=QuantType.QInt8)
+
+
+def relative_error(ref_path: Path, test_path: Path, batches: list[Feeds], limit: int = 8) -> float:
+    """Max over batches of ||test - ref|| / ||ref|| on the graph's own FP32 calibration inputs."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    ref = ort.InferenceSession(str(ref_path), so, providers=["CPUExecutionProvider"])
+    test = ort.InferenceSession(str(test_path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in ref.get_inputs()]
+    worst = 0.0
+    for b in batches[:limit]:
+        feeds = {k: b[k] for k in names}
+        r = ref.run(None, feeds)[0].astype(np.float64)
+        t = test.run(None, {k: feeds[k] for k in (i.name for i in test.get_inputs())})[0].astype(np.float64)
+        worst = max(worst, float(np.linalg.norm(t - r)) / max(float(np.linalg.norm(r)), 1e-12))
+    return worst

@@ -1,0 +1,191 @@
+"""`nanotrt build`: per-graph engines in FP32 (optimized) / FP16 / INT8 added to an artifact.
+
+Each variant is written into a fresh directory inside the artifact, then the manifest is replaced in one
+rename, then the previous files of that variant are deleted: an interrupted build leaves the previous
+artifact intact, and re-running with the same options is a no-op.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .artifact import Manifest, Schedule
+from .errors import NanotrtError
+from .progress import console, progress
+
+INT8_TOLERANCE = 0.05  # max relative L2 error of a graph's output before it is kept in FP32
+
+
+def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool) -> list[str]:
+    prefix = "ort" if backend == "onnxruntime" else "trt"
+    names = [f"{prefix}-fp32"] if backend == "onnxruntime" else []
+    if fp16:
+        names.append(f"{prefix}-fp16")
+    if int8:
+        names.append(f"{prefix}-int8")
+        if dynamic and backend == "onnxruntime":
+            names.append("ort-int8-dynamic")
+    if backend == "tensorrt" and not (fp16 or int8):
+        names.append("trt-fp32")
+    return names
+
+
+def _up_to_date(m: Manifest, variant: str, options: dict[str, Any]) -> bool:
+    info = m.data["variants"].get(variant)
+    if not info or info.get("options") != options:
+        return False
+    try:
+        for n in m.schedule(variant).names():
+            m.verify(n)
+    except NanotrtError:
+        return False
+    return True
+
+
+def _graph_units(m: Manifest) -> list[str]:
+    """Unique graphs of the FP32 schedule (ALBERT's shared layer once)."""
+    return m.schedule("fp32").names()
+
+
+def _optimize_ort(src: Path, dst: Path, m: Manifest, fp16: bool) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    cfg = m.data["config"]
+    heads = int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 0)
+    opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=int(m.data["hidden_size"]),
+                         opt_level=1, only_onnxruntime=False)
+    model = opt.model
+    if fp16:
+        # keep_io_types: the runner feeds and reads fp32; casts sit at the graph boundary.
+        model = convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(model, str(dst))
+
+
+def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False, int8: bool = False,
+          calib_task: str | None = None, calib_size: int = 512, calib_method: str = "minmax",
+          data_dir: str | Path | None = None, int8_tolerance: float = INT8_TOLERANCE, dynamic: bool = False,
+          trt_options: dict[str, Any] | None = None) -> list[str]:
+    """Build the requested variants into ``artifact``; returns the variant names now present."""
+    m = Manifest.load(artifact)
+    if backend not in ("onnxruntime", "tensorrt"):
+        raise NanotrtError(f"unknown build backend '{backend}': use onnxruntime or tensorrt")
+    if int8 and not calib_task:
+        calib_task = m.task
+        if not calib_task:
+            raise NanotrtError("--int8 needs calibration data: pass --calib-task TASK (its train split is used)")
+    if int8:  # fail before building anything when the calibration data is missing
+        from .glue import get_task, task_file
+
+        task_file(get_task(calib_task or ""), "train", data_dir)
+    trt_mod: Any = None
+    if backend == "tensorrt":
+        import engines.tensorrt  # lazy: TensorRT only where installed
+
+        trt_mod = engines.tensorrt
+        trt_mod.require_tensorrt()
+    variants = _variant_names(backend, fp16, int8, dynamic)
+    calib = None
+    built: list[str] = []
+    for variant in variants:
+        options = {"calib_task": calib_task, "calib_size": calib_size, "calib_method": calib_method,
+                   "int8_tolerance": int8_tolerance, **(trt_options or {})} if "int8" in variant else dict(trt_options or {})
+        if _up_to_date(m, variant, options):
+            console.print(f"{variant}: up to date")
+            built.append(variant)
+            continue
+        if "int8" in variant and variant != "ort-int8-dynamic" and calib is None:
+            from calibration.readers import collect
+
+            calib = collect(m, calib_task or "", calib_size, data_dir=data_dir)
+        staging = m.root / f".{variant}.{secrets.token_hex(4)}.tmp"
+        final_dir = m.root / f"{variant}.{secrets.token_hex(4)}"
+        staging.mkdir()
+        try:
+            graphs, sched, info = _build_variant(m, variant, staging, final_dir.name, calib, calib_method,
+                                                 int8_tolerance, trt_mod, trt_options or {})
+            # Switch: new files in place under their final name, then one manifest rename.
+            staging.rename(final_dir)
+            fresh = Manifest.load(m.root)
+            old = fresh.data["variants"].get(variant, {}).get("dir")
+            for name in [n for n, e in fresh.graphs.items() if e.get("variant") == variant]:
+                del fresh.graphs[name]
+            for name, (path, fields) in graphs.items():
+                fresh.add_graph(name, final_dir / path, variant=variant, **fields)
+            fresh.set_variant(variant, sched, dir=final_dir.name, options=options, **info)
+            fresh.save()
+            m = fresh
+            if old and (m.root / old).is_dir():
+                shutil.rmtree(m.root / old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        built.append(variant)
+        console.print(f"{variant}: built ({info.get('summary', '')})")
+    return built
+
+
+def _build_variant(m: Manifest, variant: str, out: Path, dir_name: str, calib: Any, calib_method: str,
+                   tolerance: float, trt_mod: Any, trt_options: dict[str, Any]
+                   ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
+    from calibration.quantize import quantize_dynamic_int8, quantize_static_qdq, relative_error
+
+    base = m.schedule("fp32")
+    units = _graph_units(m)
+    graphs: dict[str, tuple[str, dict[str, Any]]] = {}
+    rename: dict[str, str] = {}
+    errors: dict[str, float] = {}
+    kept_fp32: list[str] = []
+    with progress() as bar:
+        job = bar.add_task(f"build {variant}", total=len(units), info="")
+        for unit in units:
+            bar.update(job, info=unit)
+            src = m.verify(unit)
+            entry = m.graphs[unit]
+            fields: dict[str, Any] = {k: entry[k] for k in ("role", "index", "inputs", "outputs")}
+            input_names = [i["name"] for i in entry["inputs"]]
+            onnx_out = out / f"{unit}.onnx"
+            precision = variant.split("-")[1]
+            if variant == "ort-fp32":
+                _optimize_ort(src, onnx_out, m, fp16=False)
+            elif variant == "ort-fp16":
+                _optimize_ort(src, onnx_out, m, fp16=True)
+            elif variant == "ort-int8-dynamic":
+                quantize_dynamic_int8(src, onnx_out)
+                errors[unit] = relative_error(src, onnx_out, calib.batches(unit)) if calib else float("nan")
+            elif variant == "ort-int8":
+                quantize_static_qdq(src, onnx_out, calib.batches(unit), input_names, calib_method)
+                errors[unit] = relative_error(src, onnx_out, calib.batches(unit))
+                if errors[unit] > tolerance:  # sensitive graph: keep it in FP32 (mixed precision)
+                    shutil.copy2(src, onnx_out)
+                    precision = "fp32"
+                    kept_fp32.append(unit)
+            elif variant.startswith("trt-"):
+                qdq_src = src
+                if precision == "int8":
+                    qdq_src = out / f"{unit}.qdq.onnx"
+                    quantize_static_qdq(src, qdq_src, calib.batches(unit), input_names, calib_method, for_tensorrt=True)
+                plan = out / f"{unit}.plan"
+                opts = dict(trt_options)
+                if opts.pop("legacy_calib_cache", False):  # TensorRT 8.x devices: implicit-quantization cache
+                    opts.update(legacy_calib_cache=out / f"{unit}.calib.cache", calib_batches=calib.batches(unit))
+                trt_mod.build_plan(qdq_src, plan, precision, entry["inputs"], m.data["hidden_size"], out, **opts)
+                graphs[f"{variant}/{unit}"] = (plan.name, {**fields, "precision": precision, "format": "trt-plan"})
+                rename[unit] = f"{variant}/{unit}"
+                bar.advance(job)
+                continue
+            graphs[f"{variant}/{unit}"] = (onnx_out.name, {**fields, "precision": precision, "format": "onnx",
+                                                           **({"rel_error": errors[unit]} if unit in errors else {})})
+            rename[unit] = f"{variant}/{unit}"
+            bar.advance(job)
+    sched = Schedule(rename[base.embeddings], [rename[n] for n in base.layers], [rename[n] for n in base.ramps])
+    info: dict[str, Any] = {"backend": "tensorrt" if variant.startswith("trt-") else "onnx",
+                            "precision": variant.split("-")[1]}
+    if errors:
+        info["rel_error"] = errors
+        info["kept_fp32"] = kept_fp32
+        info["summary"] = f"max rel. error {max(errors.values()):.3f}, kept in FP32: {kept_fp32 or 'none'}"
+    return graphs, sched, info

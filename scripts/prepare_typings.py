@@ -1,0 +1,38 @@
+"""Copy tensorrt-stubs into ./typings with the lines that do not parse fixed, so mypy can check our
+TensorRT code without the (uninstallable here) tensorrt wheel.
+
+`pip install --no-deps tensorrt-stubs` ships tensorrt/ and tensorrt_bindings/ .pyi files with parameters
+named `in` (a keyword) and a non-default parameter after defaults in `add_scale_nd`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "typings"
+
+
+def main() -> int:
+    site = Path(sysconfig.get_paths()["purelib"])
+    if not (site / "tensorrt_bindings" / "tensorrt.pyi").is_file():
+        print("tensorrt-stubs not installed: pip install --no-deps tensorrt-stubs", file=sys.stderr)
+        return 1
+    shutil.rmtree(OUT, ignore_errors=True)
+    for pkg in ("tensorrt", "tensorrt_bindings"):
+        dst = OUT / pkg
+        dst.mkdir(parents=True)
+        for f in (site / pkg).glob("*.pyi"):
+            text = f.read_text()
+            text = re.sub(r"\bin: ", "in_: ", text)  # `in` is a keyword
+            text = text.replace("power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = ...)")
+            (dst / f.name).write_text(text)
+    print(f"typings written to {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

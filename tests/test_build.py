@@ -1,0 +1,158 @@
+"""`nanotrt build`: FP16 / INT8 variants within tolerance, train-only calibration, atomic and idempotent
+builds, manifest integrity; the TensorRT path skips cleanly without a GPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PAIRS, TEXTS
+
+from pipeline.artifact import Manifest
+from pipeline.build import build
+from pipeline.errors import NanotrtError
+from pipeline.runner import Runner
+
+FIX = Path(__file__).parent / "fixtures" / "glue"
+SENTS = TEXTS + ["the cat sat on the mat", "colourless green ideas sleep furiously", "he did n't went home"]
+FP16_ATOL = 2e-2  # fp16 weights and activations (CPU EP), logits of a tiny random model
+INT8_REL = 0.15  # relative L2 error of all ramp logits, static QDQ calibrated on 32 sentences
+
+
+@pytest.fixture(scope="module")
+def built(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    art = tmp_path_factory.mktemp("built") / "art"
+    shutil.copytree(artifacts["bert"], art)
+    build(art, fp16=True, int8=True, calib_task="cola", calib_size=32, data_dir=FIX, dynamic=True)
+    return art
+
+
+def _logits(art: Path, variant: str) -> np.ndarray:
+    with Runner.from_artifact(art, variant=variant) as r:
+        return r.predict(SENTS, batch_size=3).ramp_logits
+
+
+def test_variants_within_tolerance(built: Path) -> None:
+    ref = _logits(built, "fp32")
+    np.testing.assert_allclose(_logits(built, "ort-fp32"), ref, atol=1e-4)  # fusions only
+    np.testing.assert_allclose(_logits(built, "ort-fp16"), ref, atol=FP16_ATOL)
+    for v in ("ort-int8", "ort-int8-dynamic"):
+        q = _logits(built, v)
+        assert np.linalg.norm(q - ref) / np.linalg.norm(ref) < INT8_REL, v
+
+
+def test_precision_selects_variant(built: Path) -> None:
+    with Runner.from_artifact(built, precision="int8") as r:
+        assert r.variant == "ort-int8"
+        assert all(r.manifest.graphs[n]["precision"] in ("int8", "fp32") for n in r.schedule.names())
+
+
+def test_manifest_integrity_after_build(built: Path) -> None:
+    m = Manifest.load(built)
+    assert {"fp32", "ort-fp32", "ort-fp16", "ort-int8", "ort-int8-dynamic"} <= set(m.variants)
+    for v in m.variants:
+        for name in m.schedule(v).names():
+            m.verify(name)
+    info = m.data["variants"]["ort-int8"]
+    assert set(info["rel_error"]) == set(m.schedule("fp32").names()) - {"word_embeddings"}
+    assert info["options"]["calib_task"] == "cola"
+    leftovers = [p.name for p in built.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_rebuild_is_idempotent(built: Path) -> None:
+    before = (built / "manifest.json").read_text()
+    dirs = sorted(p.name for p in built.iterdir())
+    build(built, fp16=True, int8=True, calib_task="cola", calib_size=32, data_dir=FIX, dynamic=True)
+    assert (built / "manifest.json").read_text() == before
+    assert sorted(p.name for p in built.iterdir()) == dirs
+
+
+def test_calibration_reads_train_split_only(artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import calibration.readers as cr
+
+    seen: list[str] = []
+    real = cr.read_split
+
+    def spy(task: str, split: str = "dev", *a: object, **k: object) -> object:
+        seen.append(split)
+        return real(task, split, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cr, "read_split", spy)
+    m = Manifest.load(artifacts["bert"])
+    cs = cr.collect(m, "cola", size=8, data_dir=FIX)
+    assert seen == ["train"]
+    sched = m.schedule()
+    # layer i is calibrated on what the FP32 prefix produces: ramp i's input is layer i's output
+    assert cs.batches(sched.layers[1])[0]["hidden_states"].shape[-1] == m.data["hidden_size"]
+    assert sum(len(b["input_ids"]) for b in cs.batches(sched.embeddings)) == 8
+
+
+def test_interrupted_build_leaves_previous_artifact(artifacts: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import calibration.quantize as q
+
+    art = tmp_path / "art"
+    shutil.copytree(artifacts["bert"], art)
+    before = (art / "manifest.json").read_text()
+    calls = {"n": 0}
+    real = q.quantize_static_qdq
+
+    def flaky(*a: object, **k: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(q, "quantize_static_qdq", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build(art, int8=True, calib_task="cola", calib_size=16, data_dir=FIX)
+    m = Manifest.load(art)
+    assert "ort-int8" not in m.variants  # the optimized FP32 variant finished before the interrupt
+    old = json.loads(before)
+    for v in old["variants"]:
+        assert m.data["variants"][v] == old["variants"][v]
+        for name in m.schedule(v).names():
+            m.verify(name)
+    assert not [p for p in art.iterdir() if "int8" in p.name or p.name.startswith(".")]
+    with Runner.from_artifact(art) as r:  # still runs
+        r.predict(TEXTS, PAIRS)
+
+
+def test_int8_without_task_is_an_error(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    art = tmp_path / "art"
+    shutil.copytree(artifacts["bert"], art)
+    with pytest.raises(NanotrtError, match="--calib-task"):
+        build(art, int8=True)
+    with pytest.raises(NanotrtError, match="GLUE mnli train split not found"):
+        build(art, int8=True, calib_task="mnli", data_dir=tmp_path)
+    assert json.loads((art / "manifest.json").read_text())["variants"].keys() == {"fp32"}
+
+
+def test_tensorrt_without_tensorrt_is_a_clear_error(artifacts: dict[str, Path]) -> None:
+    try:
+        import tensorrt
+
+        if hasattr(tensorrt, "Builder"):
+            pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(NanotrtError, match="TensorRT is not installed"):
+        build(artifacts["bert"], backend="tensorrt", fp16=True)
+
+
+def test_tensorrt_matches_onnxruntime(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    trt = pytest.importorskip("tensorrt")
+    if not hasattr(trt, "Builder"):
+        pytest.skip("TensorRT builder not installed (only stubs/lean runtime)")
+    pytest.importorskip("cuda")
+    art = tmp_path / "art"
+    shutil.copytree(artifacts["bert"], art)
+    build(art, backend="tensorrt", fp16=True)
+    ref = _logits(art, "fp32")
+    with Runner.from_artifact(art, backend="tensorrt", precision="fp16") as r:
+        got = r.predict(SENTS, batch_size=3).ramp_logits
+    np.testing.assert_allclose(got, ref, atol=FP16_ATOL)
