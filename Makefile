@@ -12,6 +12,8 @@ $(BIN)/nanotrt: pyproject.toml
 	# torch pinned to the local CPU wheel first, so nothing pulls a CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,demo]'
+	# type stubs for the TensorRT code (the tensorrt wheel itself cannot install without a GPU toolchain)
+	$(BIN)/pip install -q --no-deps tensorrt-stubs
 	touch $@
 
 venv: $(BIN)/nanotrt
@@ -20,6 +22,9 @@ demo: venv
 	$(BIN)/nanotrt demo
 
 test: venv
+	$(BIN)/ruff check pipeline engines calibration tests scripts benchmarks
+	$(BIN)/python scripts/prepare_typings.py
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 test-slow: venv

@@ -30,13 +30,14 @@ def export(
     pooling: Annotated[str | None, typer.Option(help="ramp pooling for a plain HF model: cls or mean")] = None,
     num_labels: Annotated[int | None, typer.Option(help="labels for a plain HF model (1 = regression)")] = None,
     torch_reference: Annotated[bool, typer.Option(help="keep the PyTorch checkpoint for the torch backend")] = True,
+    whole: Annotated[bool, typer.Option(help="also export the whole model as one graph (bench baseline)")] = False,
 ) -> None:
     """Cut a model into embeddings / layer / ramp ONNX graphs plus manifest.json."""
     from .export import export_model
     from .model import load_model
 
     model = load_model(model_dir, num_labels=num_labels, pooling=pooling)
-    export_model(model_dir, out, max_length=max_length, model=model, include_checkpoint=torch_reference)
+    export_model(model_dir, out, max_length=max_length, model=model, include_checkpoint=torch_reference, whole=whole)
 
 
 @app.command()
@@ -119,6 +120,27 @@ def build(
     run_build(artifact, backend=backend, fp16=fp16, int8=int8, calib_task=calib_task, calib_size=calib_size,
               calib_method=calib_method, data_dir=data_dir, int8_tolerance=int8_tolerance, dynamic=dynamic,
               trt_options=trt_options)
+
+
+@app.command()
+def bench(
+    task: Annotated[str, typer.Option(help="GLUE task (mnli runs matched and mismatched)")],
+    artifact: Annotated[Path | None, typer.Argument(help="artifact dir; default: the demo model trained on TASK")] = None,
+    exit: Annotated[str | None, typer.Option("--exit", help="exit policy (default patience=2)")] = None,
+    memory_budget: Annotated[str, typer.Option(help="budget of the early-exit rows")] = "2layers",
+    batch_size: Annotated[int, typer.Option(help="also measure batched throughput with per-sample exit")] = 1,
+    sweep: Annotated[bool, typer.Option("--sweep", help="sweep exit thresholds; draws the curve")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="dir for JSON + Markdown + PNG")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N dev examples only")] = None,
+    threads: Annotated[int | None, typer.Option(help="intra-op threads for every row")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
+) -> None:
+    """Accuracy / speed / memory table: early exit vs PyTorch eager and one-graph ORT, on the same inputs."""
+    from .benchreport import print_table, run_bench
+
+    report = run_bench(task, artifact, exit=exit, budget=memory_budget, batch_size=batch_size, sweep=sweep,
+                       out=out, limit=limit, data_dir=data_dir, threads=threads)
+    print_table(report)
 
 
 def _read_inputs(texts: list[str], pair: str | None, file: Path | None) -> tuple[list[str], list[str] | None]:

@@ -45,6 +45,21 @@ class _Embeddings(nn.Module):
         return self.m.embed(kw.get("input_ids"), kw.get("token_type_ids"), inputs_embeds=kw["inputs_embeds"])
 
 
+class _Whole(nn.Module):
+    """The whole classifier as one graph (embeddings, all layers, final ramp): the all-resident baseline."""
+
+    def __init__(self, m: OffRampModel):
+        super().__init__()
+        self.m = m
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        h = self.m.embed(input_ids, token_type_ids)
+        for i in range(self.m.num_layers):
+            h = self.m.layer(i, h, attention_mask)
+        return self.m.ramps[-1](h, attention_mask)
+
+
 class _Layer(nn.Module):
     def __init__(self, m: OffRampModel, i: int):
         super().__init__()
@@ -128,7 +143,7 @@ def _export_one(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, i
 
 def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 128,
                  model: OffRampModel | None = None, check: bool = True,
-                 include_checkpoint: bool = True) -> Manifest:
+                 include_checkpoint: bool = True, whole: bool = False) -> Manifest:
     """Export ``model_dir`` (HF dir or nanotrt checkpoint) to the artifact ``out_dir`` atomically."""
     from transformers import AutoTokenizer
 
@@ -151,7 +166,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 1
     vocab = int(cfg.vocab_size)
 
     with atomic_dir(Path(out_dir)) as tmp, torch.no_grad(), progress() as bar:
-        task = bar.add_task("export", total=1 + len(unique_groups) + n + 1, info="tokenizer")
+        task = bar.add_task("export", total=1 + len(unique_groups) + n + 1 + int(whole), info="tokenizer")
         (tmp / "graphs").mkdir()
         tok.save_pretrained(str(tmp / "tokenizer"))
         if not (tmp / "tokenizer" / "tokenizer.json").is_file():
@@ -221,6 +236,12 @@ def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 1
             finish(name, p, "ramp", i, {"hidden_states": hiddens[i + 1].numpy(), "attention_mask": mask.numpy()},
                    ramp(hiddens[i + 1], mask))
 
+        if whole:  # not part of any schedule; bench runs it as the one-graph baseline
+            p = tmp / "graphs" / "whole.onnx"
+            _export_one(_Whole(model), (ids, mask, types), p, ["input_ids", "attention_mask", "token_type_ids"],
+                        ["logits"])
+            finish("whole", p, "whole", None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                                               "token_type_ids": types.numpy()}, model.ramps[-1](hiddens[-1], mask))
         manifest.data["lookup"] = "word_embeddings"
         sched = Schedule("embeddings", [f"layer_{g:02d}" for g in groups], [f"ramp_{i:02d}" for i in range(n)])
         manifest.set_variant("fp32", sched, backend="onnx", precision="fp32")

@@ -13,6 +13,8 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+# Tables go to stdout; wide enough to stay readable when piped into a log.
+table_console = Console(width=None if Console().is_terminal else 180)
 
 
 def progress(transient: bool = False) -> Progress:

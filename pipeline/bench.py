@@ -1,0 +1,208 @@
+"""`nanotrt bench`: accuracy / speed / memory of early exit against the baselines, on the same inputs.
+
+Every row runs in its own child process, one after another, so that each row's peak RSS is its own
+(a runtime row never has torch imported) and rows do not share warm caches. Each child tokenizes the dev
+split with the artifact's tokenizer.json, so all rows see identical token ids.
+
+Rows: 1 torch-full (eager, full depth) · 2 torch-exit (the PABEE/DeeBERT reference loop, batch 1) ·
+3 ort-whole (one ONNX graph, all resident) · 4 nanotrt-full (per-layer, all resident, no exit) ·
+5 nanotrt-exit fp32 / int8 at the chosen memory budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import NanotrtError
+from .glue import Task, compute_metrics, get_task, predictions_from_logits, read_split
+
+WARMUP = 5
+
+
+@dataclass
+class RowSpec:
+    name: str
+    kind: str  # torch-full | torch-exit | ort-whole | runner
+    artifact: str
+    task: str
+    data_dir: str | None = None
+    limit: int | None = None
+    exit: str = "none"
+    variant: str = "fp32"
+    budget: str = "all"
+    batch_size: int = 1
+    prefetch: bool = True
+    threads: int | None = None
+    sweep: list[str] = field(default_factory=list)  # runner only: several exit specs in one child
+
+
+# --------------------------------------------------------------------------------------------
+# child side
+# --------------------------------------------------------------------------------------------
+
+def _peak_rss_bytes() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _encode_all(spec: RowSpec) -> tuple[Task, Any, list[dict[str, np.ndarray]], np.ndarray, Any]:
+    from .artifact import Manifest
+    from .tokenize import Tokenizer
+
+    task = get_task(spec.task)
+    split = read_split(task, "dev", spec.data_dir, limit=spec.limit)
+    m = Manifest.load(spec.artifact)
+    tok = Tokenizer.from_manifest(m.root, m.tokenizer)
+    bs = spec.batch_size
+    batches = [tok(split.texts[i:i + bs], split.pairs[i:i + bs] if split.pairs else None)
+               for i in range(0, len(split), bs)]
+    return task, m, batches, split.labels, tok
+
+
+def _summary(task: Task, labels: np.ndarray, logits: np.ndarray, layers: np.ndarray, lat: list[float],
+             wall: float, n_layers: int, extra: dict[str, Any]) -> dict[str, Any]:
+    metrics = compute_metrics(task, labels, predictions_from_logits(task, logits))
+    lat_ms = np.array(lat) * 1000
+    return {"metrics": metrics, "metric": metrics[task.main_metric], "avg_exit_layer": float(np.mean(layers)),
+            "layer_speedup": n_layers / float(np.mean(layers)), "p50_ms": float(np.percentile(lat_ms, 50)),
+            "p95_ms": float(np.percentile(lat_ms, 95)), "throughput": len(labels) / wall, "wall_s": wall,
+            "peak_rss_bytes": _peak_rss_bytes(), "examples": len(labels), **extra}
+
+
+def _time_batches(batches: list[dict[str, np.ndarray]], fn: Any) -> tuple[list[Any], list[float], float]:
+    for b in batches[:WARMUP]:
+        fn(b)
+    outs, lat = [], []
+    t0 = time.perf_counter()
+    for b in batches:
+        t = time.perf_counter()
+        outs.append(fn(b))
+        dt = time.perf_counter() - t
+        lat += [dt / len(b["input_ids"])] * len(b["input_ids"])  # per example
+    return outs, lat, time.perf_counter() - t0
+
+
+def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
+    task, m, batches, labels, _ = _encode_all(spec)
+    n = m.num_layers
+    if spec.kind in ("torch-full", "torch-exit"):
+        import torch
+
+        from .exits import parse_exit
+        from .model import load_model
+        from .reference import reference_exit
+
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        model = load_model(Path(spec.artifact) / m.data["checkpoint"]).eval()
+        policy = parse_exit(spec.exit, m.task_type)
+        t = torch.from_numpy
+
+        @torch.inference_mode()
+        def full(b: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            ids, mask, tt = t(b["input_ids"]), t(b["attention_mask"]), t(b["token_type_ids"])
+            h = model.embed(ids, tt)
+            for i in range(n):
+                h = model.layer(i, h, mask)
+            return model.ramps[-1](h, mask).numpy(), np.full(len(ids), n)
+
+        def exit_(b: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            lg, layer = reference_exit(model, t(b["input_ids"]), t(b["attention_mask"]), t(b["token_type_ids"]), policy)
+            return lg.numpy()[None], np.array([layer])
+
+        outs, lat, wall = _time_batches(batches, full if spec.kind == "torch-full" else exit_)
+        logits, layers = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+        return _summary(task, labels, logits, layers, lat, wall, n, {"torch_imported": True})
+
+    if spec.kind == "ort-whole":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if spec.threads:
+            so.intra_op_num_threads = spec.threads
+        sess = ort.InferenceSession(str(m.verify("whole")), so, providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        outs, lat, wall = _time_batches(batches, lambda b: sess.run(None, {k: b[k] for k in names})[0])
+        logits = np.concatenate(outs)
+        res = _summary(task, labels, logits, np.full(len(logits), n), lat, wall, n,
+                       {"engine_peak_bytes": int(m.graphs["whole"]["bytes"]), "torch_imported": "torch" in sys.modules})
+        return res
+
+    from engines import get_backend
+
+    from .runner import Runner, RunStats
+
+    results = []
+    for exit_spec in spec.sweep or [spec.exit]:
+        backend = get_backend("onnxruntime", threads=spec.threads)
+        with Runner(m, backend, memory_budget=spec.budget, exit=exit_spec, variant=spec.variant,
+                    prefetch=spec.prefetch) as runner:
+            stats = RunStats()
+            outs, lat, wall = _time_batches(batches, lambda b, r=runner, s=stats: r.run_encoded(b, s)[:2])
+            logits, layers = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+            cache = runner.cache.stats
+            results.append(_summary(task, labels, logits, layers, lat, wall, n, {
+                "exit": exit_spec, "variant": spec.variant, "budget": runner.describe_budget(),
+                "engine_peak_bytes": cache.peak_resident_bytes, "load_s": cache.load_s, "wait_s": cache.wait_s,
+                "loads": cache.loads, "torch_imported": "torch" in sys.modules}))
+    return results if spec.sweep else results[0]
+
+
+# --------------------------------------------------------------------------------------------
+# parent side
+# --------------------------------------------------------------------------------------------
+
+def run_child(spec: RowSpec, timeout: float = 3600) -> Any:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec.__dict__, f)
+        path = f.name
+    try:
+        p = subprocess.run([sys.executable, "-m", "pipeline.bench", path], capture_output=True, text=True,
+                           timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    finally:
+        os.unlink(path)
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        raise NanotrtError(f"bench row '{spec.name}' failed: {last}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def machine_info() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    libs = {}
+    for lib in ("onnxruntime", "torch", "transformers", "numpy", "tokenizers"):
+        try:
+            libs[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            libs[lib] = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "libraries": libs}
+
+
+if __name__ == "__main__":
+    spec = RowSpec(**json.loads(Path(sys.argv[1]).read_text()))
+    try:
+        print(json.dumps(run_row(spec)))
+    except NanotrtError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
