@@ -42,6 +42,7 @@ class Manifest:
     def __init__(self, root: Path, data: dict[str, Any]):
         self.root = Path(root)
         self.data = data
+        self._verified: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) when its hash matched
 
     # --- reading ---------------------------------------------------------------------------
     @classmethod
@@ -115,11 +116,17 @@ class Manifest:
         p = self.root / entry["file"]
         if not p.is_file():
             raise NanotrtError(f"graph file {p} listed in the manifest is missing: re-run `nanotrt export`")
-        if p.stat().st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
+        st = p.stat()
+        stamp = (st.st_size, st.st_mtime_ns)
+        if self._verified.get(name) == stamp:  # hashing 28 MB per swap would cost more than the load
+            return p
+        if st.st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
+            self._verified.pop(name, None)
             raise NanotrtError(
                 f"graph file {p} does not match its sha256 in the manifest (corrupted or modified): "
                 "re-run `nanotrt export` / `nanotrt build`"
             )
+        self._verified[name] = stamp
         return p
 
     # --- writing ---------------------------------------------------------------------------

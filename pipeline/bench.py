@@ -189,7 +189,7 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    libs = {}
+    libs: dict[str, str | None] = {}
     for lib in ("onnxruntime", "torch", "transformers", "numpy", "tokenizers"):
         try:
             libs[lib] = md.version(lib)

@@ -74,7 +74,8 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
                               "batch_size": batch_size, "layers": m.num_layers, "machine": machine_info(),
                               "date": time.strftime("%Y-%m-%d %H:%M"), "results": {}}
     for name in tasks:
-        base = {"artifact": str(art), "task": name, "data_dir": data_dir, "limit": limit, "threads": threads}
+        base: dict[str, Any] = {"artifact": str(art), "task": name, "data_dir": data_dir, "limit": limit,
+                                "threads": threads}
         rows = [
             RowSpec("1 torch eager, full", "torch-full", **base),
             RowSpec(f"2 torch eager, {exit}", "torch-exit", exit=exit, **base),
