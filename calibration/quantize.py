@@ -4,6 +4,7 @@ measure used to keep sensitive graphs in higher precision."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,29 @@ def _method(name: str) -> object:
     return table[name]
 
 
+def weight_matmuls(path: Path, skip_ffn_down: bool = False) -> list[str]:
+    """MatMul/Gemm nodes with a constant weight: the dense layers. Activation x activation products
+    (Q.K^T, attention x V) stay float. With ``skip_ffn_down`` the FFN down-projection (input: the GELU
+    output, whose outliers wreck a per-tensor activation scale; measured 0.29 relative error on MiniLM
+    layer 0 alone vs <= 0.07 for every other dense) stays float too."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    shapes = {i.name: list(i.dims) for i in g.initializer}
+    nodes = []
+    for n in g.node:
+        weights = [shapes[i] for i in n.input if i in shapes and len(shapes[i]) == 2]
+        if n.op_type not in ("MatMul", "Gemm") or not weights:
+            continue
+        k, out = weights[0]
+        if skip_ffn_down and n.op_type == "MatMul" and k > out:  # [intermediate, hidden]: down-projection
+            continue
+        nodes.append(n.name)
+    return nodes
+
+
 def quantize_static_qdq(src: Path, dst: Path, batches: list[Feeds], input_names: list[str], method: str = "minmax",
-                        for_tensorrt: bool = False) -> None:
+                        for_tensorrt: bool = False, skip_ffn_down: bool = True) -> bool:
     """Explicit QDQ INT8. For TensorRT: symmetric signed activations and weights (what its explicit
     quantization accepts). For ORT CPU: unsigned activations (U8S8, the fast x86 kernels)."""
     import onnxruntime as ort
@@ -37,25 +59,38 @@ def quantize_static_qdq(src: Path, dst: Path, batches: list[Feeds], input_names:
     extra: dict[str, object] = {"ActivationSymmetric": for_tensorrt, "WeightSymmetric": True}
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
-    logging.getLogger("root").setLevel(logging.ERROR)  # ORT quantization logs per node at INFO
+    logging.getLogger().setLevel(logging.ERROR)  # ORT quantization logs per node and pre-processing hints
+    nodes = weight_matmuls(src, skip_ffn_down)
+    if not nodes:  # e.g. the embeddings graph: nothing worth quantizing
+        shutil.copy2(src, dst)
+        return False
+    # Histogram calibrators stack batches: pad them to one length (zeros, mask 0).
+    pad = method != "minmax"
     quantize_static(
-        str(src), str(dst), FeedReader(batches, input_names),
+        str(src), str(dst), FeedReader(batches, input_names, pad=pad),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul", "Gemm"],  # the FLOPs; LayerNorm/Softmax/GELU stay float
+        nodes_to_quantize=nodes,
         per_channel=True,
         activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=_method(method),
         extra_options=extra,
     )
+    return True
 
 
-def quantize_dynamic_int8(src: Path, dst: Path) -> None:
-    """Weights INT8 offline, activations quantized at run time (no calibration data)."""
+def quantize_dynamic_int8(src: Path, dst: Path) -> bool:
+    """Weights INT8 offline, activations quantized at run time per batch (no calibration data)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    nodes = weight_matmuls(src)
+    if not nodes:
+        shutil.copy2(src, dst)
+        return False
     quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                     weight_type=QuantType.QInt8)
+                     weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+    return True
 
 
 def relative_error(ref_path: Path, test_path: Path, batches: list[Feeds], limit: int = 8) -> float:

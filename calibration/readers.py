@@ -36,8 +36,11 @@ class CalibrationSet:
 class FeedReader:
     """ORT ``CalibrationDataReader`` protocol (get_next / rewind) over stored feeds."""
 
-    def __init__(self, batches: list[Feeds], input_names: list[str]):
+    def __init__(self, batches: list[Feeds], input_names: list[str], pad: bool = False):
         self._batches = [{k: b[k] for k in input_names} for b in batches]
+        if pad and self._batches:
+            width = max(b[input_names[0]].shape[1] for b in self._batches)
+            self._batches = [{k: _pad_seq(v, width) for k, v in b.items()} for b in self._batches]
         self._it: Iterator[Feeds] = iter(self._batches)
 
     def get_next(self) -> Feeds | None:
@@ -48,6 +51,12 @@ class FeedReader:
 
     def __len__(self) -> int:
         return len(self._batches)
+
+
+def _pad_seq(a: np.ndarray, width: int) -> np.ndarray:
+    pad = [(0, 0)] * a.ndim
+    pad[1] = (0, width - a.shape[1])
+    return np.pad(a, pad)
 
 
 def collect(artifact: Manifest, task: str, size: int = 512, batch_size: int = 16, data_dir: str | Path | None = None,

@@ -34,12 +34,15 @@ class OrtBackend(Backend):
         self.providers = providers or ["CPUExecutionProvider"]
         self.verify = verify
 
-    def _options(self) -> Any:
+    def _options(self, entry: dict[str, Any]) -> Any:
         so = self._ort.SessionOptions()
         # The CPU arena keeps freed blocks for reuse; a streaming runtime must give memory back.
         so.enable_cpu_mem_arena = False
         so.enable_mem_pattern = False
-        so.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        level = self._ort.GraphOptimizationLevel
+        # Graphs optimized offline by `nanotrt build` load faster with nothing left to do.
+        optimized = entry.get("ort_optimized") in self.providers
+        so.graph_optimization_level = level.ORT_DISABLE_ALL if optimized else level.ORT_ENABLE_EXTENDED
         so.log_severity_level = 3
         if self.threads:
             so.intra_op_num_threads = self.threads
@@ -52,7 +55,7 @@ class OrtBackend(Backend):
             raise NanotrtError(f"graph {name} is a {entry.get('format')} file; the onnxruntime backend runs onnx graphs")
         path = manifest.verify(name) if self.verify else manifest.path(name)
         try:
-            sess = self._ort.InferenceSession(str(path), self._options(), providers=self.providers)
+            sess = self._ort.InferenceSession(str(path), self._options(entry), providers=self.providers)
         except Exception as e:  # noqa: BLE001 - corrupted graph -> one clear line
             raise NanotrtError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
         return OrtEngine(name, sess, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()],
