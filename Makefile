@@ -1,4 +1,5 @@
-# Two entry points from a fresh clone: `make demo` (main job on the embedded demo model) and `make test`.
+# Two entry points from a fresh clone: `make demo` (nanotrt bench --task cola on the embedded demo model)
+# and `make test` (what CI runs).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,7 +20,7 @@ $(BIN)/nanotrt: pyproject.toml
 venv: $(BIN)/nanotrt
 
 demo: venv
-	$(BIN)/nanotrt demo
+	$(BIN)/nanotrt bench --task cola
 
 test: venv
 	$(BIN)/ruff check pipeline engines calibration tests scripts benchmarks

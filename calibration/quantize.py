@@ -58,7 +58,9 @@ def quantize_static_qdq(src: Path, dst: Path, batches: list[Feeds], input_names:
 
     extra: dict[str, object] = {"ActivationSymmetric": for_tensorrt, "WeightSymmetric": True}
     if method == "percentile":
-        extra["CalibPercentile"] = 99.99
+        # Zero padding (needed to stack histogram batches) skews percentiles; measured worse than minmax
+        # on MiniLM-L6/CoLA with 512 sentences (0.23 vs 0.07 relative error on layer 4).
+        extra["CalibPercentile"] = 99.999
     logging.getLogger().setLevel(logging.ERROR)  # ORT quantization logs per node and pre-processing hints
     nodes = weight_matmuls(src, skip_ffn_down)
     if not nodes:  # e.g. the embeddings graph: nothing worth quantizing
@@ -103,7 +105,8 @@ def relative_error(ref_path: Path, test_path: Path, batches: list[Feeds], limit:
     test = ort.InferenceSession(str(test_path), so, providers=["CPUExecutionProvider"])
     names = [i.name for i in ref.get_inputs()]
     worst = 0.0
-    for b in batches[:limit]:
+    step = max(1, len(batches) // limit)  # calibration batches are length-sorted: sample across lengths
+    for b in batches[::step][:limit]:
         feeds = {k: b[k] for k in names}
         r = ref.run(None, feeds)[0].astype(np.float64)
         t = test.run(None, {k: feeds[k] for k in (i.name for i in test.get_inputs())})[0].astype(np.float64)

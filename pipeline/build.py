@@ -19,7 +19,7 @@ from .progress import console, progress
 # Max relative L2 error of a graph's output (on its FP32 calibration inputs) before it is kept in FP32.
 # Measured on MiniLM-L6/CoLA: static QDQ layers 0.06-0.07 (FFN down-projection left in float), dynamic <= 0.08.
 INT8_TOLERANCE = 0.10
-BUILDER_VERSION = 3  # part of each variant's options: a newer builder rebuilds instead of "up to date"
+BUILDER_VERSION = 4  # part of each variant's options: a newer builder rebuilds instead of "up to date"
 
 
 def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool) -> list[str]:
@@ -85,7 +85,7 @@ def _ort_offline_optimize(path: Path) -> None:
 
 
 def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False, int8: bool = False,
-          calib_task: str | None = None, calib_size: int = 512, calib_method: str = "percentile",
+          calib_task: str | None = None, calib_size: int = 512, calib_method: str = "minmax",
           data_dir: str | Path | None = None, int8_tolerance: float = INT8_TOLERANCE, dynamic: bool = False,
           trt_options: dict[str, Any] | None = None) -> list[str]:
     """Build the requested variants into ``artifact``; returns the variant names now present."""

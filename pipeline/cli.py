@@ -88,7 +88,7 @@ def build(
     int8: Annotated[bool, typer.Option("--int8", help="INT8 (explicit QDQ) variant, calibrated on task data")] = False,
     calib_task: Annotated[str | None, typer.Option(help="GLUE task whose train split calibrates INT8")] = None,
     calib_size: Annotated[int, typer.Option(help="calibration sentences")] = 512,
-    calib_method: Annotated[str, typer.Option(help="minmax | entropy | percentile")] = "percentile",
+    calib_method: Annotated[str, typer.Option(help="minmax | entropy | percentile")] = "minmax",
     int8_tolerance: Annotated[float, typer.Option(help="max relative error of a graph before it stays FP32")] = 0.10,
     dynamic: Annotated[bool, typer.Option(help="also build ORT dynamic INT8 (for comparison)")] = False,
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,

@@ -84,6 +84,15 @@ def test_training_lowers_loss_and_round_trips(method: str, tiny_dirs: dict[str, 
         r.predict(["a sentence"])
 
 
+def test_same_seed_same_result(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from pipeline.train import TrainConfig, train
+
+    cfg = TrainConfig(task="cola", epochs=1, batch_size=16, lr=1e-3, data_dir=str(FIX), seed=7, limit=32)
+    a = train(tiny_dirs["bert"], tmp_path / "a", cfg)
+    b = train(tiny_dirs["bert"], tmp_path / "b", cfg)
+    assert a["loss_last"] == b["loss_last"] and a["ramps"] == b["ramps"]
+
+
 def test_regression_training(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     from pipeline.train import TrainConfig, train
 
