@@ -60,7 +60,8 @@ def child(spec: dict) -> dict:
 
     rss0 = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
     texts = workloads()[spec["workload"]][: spec["examples"]]
-    with Runner.from_artifact(spec["artifact"], memory_budget=spec["budget"], prefetch=spec["prefetch"]) as r:
+    with Runner.from_artifact(spec["artifact"], memory_budget=spec["budget"], prefetch=spec["prefetch"],
+                              variant=spec["variant"]) as r:
         r.predict(texts[:2])  # warm-up: first loads, allocator growth
         lat = []
         t0 = time.perf_counter()
@@ -94,18 +95,25 @@ def main() -> None:
     from pipeline.bench import machine_info
     from pipeline.fsutil import write_json
 
-    configs = [("all", True, False), ("all", True, True), ("4layers", True, False), ("4layers", False, False),
-               ("2layers", True, False), ("2layers", False, False), ("1layer", True, False), ("1layer", False, False)]
+    if "ort-fp32" not in json.loads((art / "manifest.json").read_text())["variants"]:
+        from pipeline.build import build
+
+        build(art)  # the optimized variant: offline-optimized graphs, weights as external data
+    opt, exported = "ort-fp32", "fp32"
+    configs = [("all", True, False, opt), ("all", True, True, opt), ("4layers", True, False, opt),
+               ("4layers", False, False, opt), ("2layers", True, False, opt), ("2layers", False, False, opt),
+               ("1layer", True, False, opt), ("1layer", False, False, opt),
+               ("all", True, False, exported), ("2layers", True, False, exported)]
     rows = []
     for workload in workloads():
-        for budget, prefetch, with_torch in configs:
+        for budget, prefetch, with_torch, variant in configs:
             spec = {"artifact": str(art), "budget": budget, "prefetch": prefetch, "torch": with_torch,
-                    "workload": workload, "examples": a.examples, "batch": a.batch}
+                    "workload": workload, "examples": a.examples, "batch": a.batch, "variant": variant}
             p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
                                text=True, check=True)
             rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"{workload[:5]} {budget:8s} prefetch={prefetch!s:5s} torch={with_torch!s:5s} "
+            print(f"{workload[:5]} {variant:8s} {budget:8s} prefetch={prefetch!s:5s} torch={with_torch!s:5s} "
                   f"peak RSS {r['peak_rss'] / 1e6:7.1f} MB  mean {r['mean_ms']:7.2f} ms  "
                   f"batch{a.batch} {r['batch_throughput']:6.1f} ex/s  loads {r['loads']}", flush=True)
     report = {"model": "BERT-base shape (12x768, random weights), bert-base-uncased tokenizer",
@@ -115,17 +123,20 @@ def main() -> None:
     lines = ["# Streaming runner: memory and latency (BERT-base shape)", "",
              f"`python benchmarks/streaming_memory.py --examples {a.examples}`; {report['machine']['cpu']}, "
              f"{report['machine']['cores']} cores. Each row is its own process; latency is batch 1 "
-             f"(mean over {a.examples} examples after warm-up); throughput is batch {a.batch} with the same budget.", ""]
+             f"(mean over {a.examples} examples after warm-up); throughput is batch {a.batch} with the same budget. "
+             "`ort-fp32` is the `nanotrt build` variant (offline-optimized graphs, weights as external data); "
+             "`fp32` the graphs as exported. RSS vs all and latency vs all compare with `ort-fp32`, budget all.", ""]
     for workload in workloads():
         sel = [r for r in rows if r["workload"] == workload]
-        base = next(r for r in sel if r["budget"] == "all" and not r["torch"])
-        lines += [f"## {workload}", "", "| budget | prefetch | torch imported | peak RSS | RSS vs all | engines peak | "
-                  "latency ms | vs all | batch ex/s | loads | load s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        base = next(r for r in sel if r["budget"] == "all" and not r["torch"] and r["variant"] == opt)
+        lines += [f"## {workload}", "", "| variant | budget | prefetch | torch imported | peak RSS | RSS vs all | "
+                  "engines peak | latency ms | vs all | batch ex/s | loads | ms / load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sel:
-            lines.append(f"| {r['budget']} | {r['prefetch']} | {r['torch']} | {r['peak_rss'] / 1e6:.1f} MB | "
+            lines.append(f"| {r['variant']} | {r['budget']} | {r['prefetch']} | {r['torch']} | {r['peak_rss'] / 1e6:.1f} MB | "
                          f"{r['peak_rss'] / base['peak_rss']:.0%} | {r['peak_engine_bytes'] / 1e6:.1f} MB | "
                          f"{r['mean_ms']:.2f} | {r['mean_ms'] / base['mean_ms']:.2f}x | {r['batch_throughput']:.1f} | "
-                         f"{r['loads']} | {r['load_s']:.2f} |")
+                         f"{r['loads']} | {1000 * r['load_s'] / max(r['loads'], 1):.1f} |")
         lines.append("")
     (a.out / "streaming_memory.md").write_text("\n".join(lines))
     print(f"wrote {a.out / 'streaming_memory.md'}")

@@ -111,28 +111,39 @@ class Manifest:
         return self.root / self.graphs[name]["file"]
 
     def verify(self, name: str) -> Path:
-        """Check that the graph file exists and its sha256 matches the manifest; return its path."""
+        """Check that the graph file (and its external-data file) exist and match their sha256 in the
+        manifest; return the graph's path. Re-hashes only when a file's size or mtime changed."""
         entry = self.graphs[name]
         p = self.root / entry["file"]
-        if not p.is_file():
-            raise NanotrtError(f"graph file {p} listed in the manifest is missing: re-run `nanotrt export`")
-        st = p.stat()
-        stamp = (st.st_size, st.st_mtime_ns)
-        if self._verified.get(name) == stamp:  # hashing 28 MB per swap would cost more than the load
-            return p
-        if st.st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
-            self._verified.pop(name, None)
-            raise NanotrtError(
-                f"graph file {p} does not match its sha256 in the manifest (corrupted or modified): "
-                "re-run `nanotrt export` / `nanotrt build`"
-            )
-        self._verified[name] = stamp
+        parts = [(p, entry.get("file_bytes", entry["bytes"]), entry["sha256"])]
+        if "data" in entry:
+            parts.append((self.root / entry["data"]["file"], entry["data"]["bytes"], entry["data"]["sha256"]))
+        for f, size, sha in parts:
+            if not f.is_file():
+                raise NanotrtError(f"graph file {f} listed in the manifest is missing: re-run `nanotrt export`")
+            st = f.stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+            if self._verified.get(str(f)) == stamp:  # hashing 28 MB per swap would cost more than the load
+                continue
+            if st.st_size != size or sha256_file(f) != sha:
+                self._verified.pop(str(f), None)
+                raise NanotrtError(
+                    f"graph file {f} does not match its sha256 in the manifest (corrupted or modified): "
+                    "re-run `nanotrt export` / `nanotrt build`"
+                )
+            self._verified[str(f)] = stamp
         return p
 
     # --- writing ---------------------------------------------------------------------------
     def add_graph(self, name: str, file: Path, **fields: Any) -> dict[str, Any]:
         rel = file.relative_to(self.root).as_posix()
         entry = {"file": rel, "sha256": sha256_file(file), "bytes": file.stat().st_size, **fields}
+        data = file.with_name(file.name + ".data")  # ONNX external data (weights) beside the graph
+        if data.is_file():
+            n = data.stat().st_size
+            entry["data"] = {"file": data.relative_to(self.root).as_posix(), "sha256": sha256_file(data), "bytes": n}
+            entry["file_bytes"] = entry["bytes"]
+            entry["bytes"] += n
         self.graphs[name] = entry
         return entry
 

@@ -19,7 +19,7 @@ from .progress import console, progress
 # Max relative L2 error of a graph's output (on its FP32 calibration inputs) before it is kept in FP32.
 # Measured on MiniLM-L6/CoLA: static QDQ layers 0.06-0.07 (FFN down-projection left in float), dynamic <= 0.08.
 INT8_TOLERANCE = 0.10
-BUILDER_VERSION = 4  # part of each variant's options: a newer builder rebuilds instead of "up to date"
+BUILDER_VERSION = 5  # part of each variant's options: a newer builder rebuilds instead of "up to date"
 
 
 def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool) -> list[str]:
@@ -71,8 +71,12 @@ def _optimize_ort(src: Path, dst: Path, m: Manifest, fp16: bool) -> None:
 
 def _ort_offline_optimize(path: Path) -> None:
     """Run ORT's session-level graph optimizations (incl. QDQ fusions) once at build time and save the
-    result, so the runtime can load with optimizations disabled: a BERT-base layer then loads in ~60% of
-    the time, which matters when layers are swapped per batch. CPU-EP specific, like the variant."""
+    result with its weights as external data (``<graph>.onnx.data``), so the runtime loads with
+    optimizations disabled and without parsing weights out of a protobuf: a BERT-base layer then loads
+    in about a third of the time (load s / loads in benchmarks/results/streaming_memory.md), which
+    matters when layers are swapped.
+    CPU-EP specific, like the variant."""
+    import onnx
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -81,7 +85,10 @@ def _ort_offline_optimize(path: Path) -> None:
     tmp = path.with_suffix(".opt.onnx")
     so.optimized_model_filepath = str(tmp)
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    tmp.replace(path)
+    model = onnx.load(str(tmp))
+    tmp.unlink()
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=path.name + ".data", size_threshold=1024)
 
 
 def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False, int8: bool = False,
