@@ -223,18 +223,14 @@ class TrtBackend(Backend):
         return f"trt-{precision}"
 
     # --- memory helpers ----------------------------------------------------------------------
-    def _grow_device(self, buf: _Buffer, nbytes: int) -> _Buffer:
+    def _grow(self, buf: _Buffer, nbytes: int, pinned_host: bool = False) -> _Buffer:
+        """Grow-only buffer: device memory, or pinned host memory for staging copies."""
         if buf.size < nbytes:
+            c = self.cudart
+            alloc, free = (c.cudaMallocHost, c.cudaFreeHost) if pinned_host else (c.cudaMalloc, c.cudaFree)
             if buf.ptr:
-                _check(self.cudart.cudaFree(buf.ptr))
-            buf.ptr, buf.size = int(_check(self.cudart.cudaMalloc(nbytes))), nbytes
-        return buf
-
-    def _grow_host(self, buf: _Buffer, nbytes: int) -> _Buffer:
-        if buf.size < nbytes:
-            if buf.ptr:
-                _check(self.cudart.cudaFreeHost(buf.ptr))
-            buf.ptr, buf.size = int(_check(self.cudart.cudaMallocHost(nbytes))), nbytes
+                _check(free(buf.ptr))
+            buf.ptr, buf.size = int(_check(alloc(nbytes))), nbytes
         return buf
 
     def _host_view(self, buf: _Buffer, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -246,7 +242,7 @@ class TrtBackend(Backend):
         """One scratch buffer for all contexts, sized for the largest engine loaded so far."""
         if nbytes <= self.scratch.size:
             return
-        self._grow_device(self.scratch, nbytes)
+        self._grow(self.scratch, nbytes)
         for e in self.live:  # re-point the contexts that used the old buffer
             e.context.set_device_memory(self.scratch.ptr, self.scratch.size)
 
@@ -285,9 +281,9 @@ class TrtBackend(Backend):
             arr = np.ascontiguousarray(feeds[n], dtype=dtype)
             if not ctx.set_input_shape(n, arr.shape):
                 raise NanotrtError(f"input {n} shape {arr.shape} is outside the engine's optimization profile")
-            host = self._grow_host(self.pool.host.setdefault(n, _Buffer()), arr.nbytes)
+            host = self._grow(self.pool.host.setdefault(n, _Buffer()), arr.nbytes, pinned_host=True)
             self._host_view(host, dtype, arr.shape)[...] = arr
-            dev = self._grow_device(self.pool.device.setdefault(n, _Buffer()), arr.nbytes)
+            dev = self._grow(self.pool.device.setdefault(n, _Buffer()), arr.nbytes)
             _check(cudart.cudaMemcpyAsync(dev.ptr, host.ptr, arr.nbytes, h2d, engine.stream))
             ctx.set_tensor_address(n, dev.ptr)
         shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
@@ -295,8 +291,8 @@ class TrtBackend(Backend):
             shape = tuple(ctx.get_tensor_shape(n))
             dtype = np.dtype(trt.nptype(engine.engine.get_tensor_dtype(n)))
             nbytes = int(np.prod(shape)) * dtype.itemsize
-            dev = self._grow_device(self.pool.device.setdefault("out:" + n, _Buffer()), nbytes)
-            self._grow_host(self.pool.host.setdefault("out:" + n, _Buffer()), nbytes)
+            dev = self._grow(self.pool.device.setdefault("out:" + n, _Buffer()), nbytes)
+            self._grow(self.pool.host.setdefault("out:" + n, _Buffer()), nbytes, pinned_host=True)
             ctx.set_tensor_address(n, dev.ptr)
             shapes[n] = (shape, dtype)
         if not ctx.execute_async_v3(engine.stream):

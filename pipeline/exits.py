@@ -58,27 +58,27 @@ class Entropy(ExitPolicy):
 
     threshold: float = 0.3
     regression_ok = False
+    name = "entropy"
 
     @property
     def spec(self) -> str:  # type: ignore[override]
-        return f"entropy={self.threshold:g}"
+        return f"{self.name}={self.threshold:g}"
+
+    def confident(self, logits: np.ndarray) -> np.ndarray:
+        return entropy(logits) < self.threshold
 
     def step(self, state: dict[str, np.ndarray], layer: int, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return entropy(logits) < self.threshold
+        return self.confident(logits)
 
 
 @dataclass
-class MaxProb(ExitPolicy):
+class MaxProb(Entropy):
     """Stop when the ramp's top softmax probability reaches ``threshold``."""
 
     threshold: float = 0.9
-    regression_ok = False
+    name = "maxprob"
 
-    @property
-    def spec(self) -> str:  # type: ignore[override]
-        return f"maxprob={self.threshold:g}"
-
-    def step(self, state: dict[str, np.ndarray], layer: int, logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def confident(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits.astype(np.float64)).max(axis=-1) >= self.threshold
 
 

@@ -19,12 +19,12 @@ def reference_exit(model: OffRampModel, input_ids: torch.Tensor, attention_mask:
     for i in range(model.num_layers):
         h = model.layer(i, h, attention_mask)
         logits = model.ramps[i](h, attention_mask)[0]
-        if isinstance(policy, Entropy):
+        if isinstance(policy, MaxProb):  # before Entropy: MaxProb shares its base class
+            if torch.softmax(logits.double(), -1).max() >= policy.threshold:
+                return logits, i + 1
+        elif isinstance(policy, Entropy):
             p = torch.softmax(logits.double(), -1)
             if -(p * torch.log(p.clamp_min(1e-30))).sum() < policy.threshold:
-                return logits, i + 1
-        elif isinstance(policy, MaxProb):
-            if torch.softmax(logits.double(), -1).max() >= policy.threshold:
                 return logits, i + 1
         elif isinstance(policy, Patience):
             pred = logits[0] if logits.numel() == 1 else logits.argmax()
