@@ -18,7 +18,12 @@ def main() -> None:
     from pipeline.fsutil import write_json
 
     out = ROOT / "benchmarks" / "results"
-    for ckpt in map(Path, sys.argv[1:]):
+    args = sys.argv[1:]
+    note = ""
+    if "--note" in args:  # e.g. that other jobs shared the 2 cores during training
+        i = args.index("--note")
+        note, args = args[i + 1], args[:i] + args[i + 2:]
+    for ckpt in map(Path, args):
         rep = json.loads((ckpt / "ramp_metrics.json").read_text())
         rep["machine"] = machine_info()
         task, cfg = rep["task"], rep["config"]
@@ -30,7 +35,8 @@ def main() -> None:
                  f"`{cmd}` — {rep['train_examples']} train examples, {cfg['epochs']:g} epochs, batch "
                  f"{cfg['batch_size']}, lr {cfg['lr']:g}, seed {cfg['seed']}; dev: {rep['dev_examples']} examples.",
                  f"Training took **{rep['train_seconds'] / 60:.1f} min** on {rep['machine']['cpu']} "
-                 f"({rep['machine']['cores']} cores). Loss {rep['loss_first']:.3f} -> {rep['loss_last']:.3f}.", "",
+                 f"({rep['machine']['cores']} cores). Loss {rep['loss_first']:.3f} -> {rep['loss_last']:.3f}.",
+                 *([f"Note: {note}"] if note else []), "",
                  "| ramp (layer) | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         lines += [f"| {r['layer']} | " + " | ".join(f"{100 * r[k]:.2f}" for k in keys) + " |" for r in rep["ramps"]]
         (out / f"train_{task}.md").write_text("\n".join(lines) + "\n")

@@ -41,7 +41,7 @@ def test_bench_rows_and_report(bench_art: Path, tmp_path: Path) -> None:
     exit_rows = [r for r in res["rows"] if "patience=1" in r["row"] and "int8" not in r["row"]]
     assert exit_rows[0]["avg_exit_layer"] == pytest.approx(exit_rows[1]["avg_exit_layer"])
     assert not any(r["torch_imported"] for r in res["rows"] if r["row"][0] in "345")
-    assert res["sweeps"]["fp32"] and res["sweeps"]["ort-int8"]
+    assert res["sweeps"]["ort-fp32"] and res["sweeps"]["ort-int8"]
     for ext in ("json", "md", "png"):
         assert (tmp_path / f"bench-cola.{ext}").is_file()
     assert json.loads((tmp_path / "bench-cola.json").read_text())["machine"]["cores"]

@@ -194,32 +194,35 @@ def test_predict_imports_neither_torch_nor_transformers(spiky: Path) -> None:
 
 
 def test_memory_comes_back_after_release(tmp_path: Path) -> None:
-    """Process RSS drops when the engines are released (arena disabled, malloc_trim)."""
-    import gc
+    """Process RSS drops when the engines are released (arena disabled, malloc_trim). Measured in a fresh
+    child process: in the test process, heap freed by earlier tests would absorb the loads."""
+    import json
 
-    import psutil
     from tinymodels import make_tiny
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from pipeline.export import export_model
 
-    d = make_tiny("bert", tmp_path / "m", layers=1)
-    # widen the layer so its weights dominate the noise: ~hidden 32 is tiny, so use a dedicated config
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    d = make_tiny("bert", tmp_path / "m", layers=1)  # tokenizer files; weights replaced by a wider model
     cfg = AutoConfig.for_model("bert", hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
                                intermediate_size=2048, vocab_size=30522, max_position_embeddings=128)
     AutoModelForSequenceClassification.from_config(cfg).save_pretrained(str(d))
     art = export_model(d, tmp_path / "art", check=False, include_checkpoint=False).root
-    proc = psutil.Process()
-    gc.collect()
-    before = proc.memory_info().rss
-    r = Runner.from_artifact(art, prefetch=False)
-    r.predict(["load everything"])
-    engine_bytes = r.cache.resident_bytes
-    loaded = proc.memory_info().rss
-    r.cache.clear()
-    gc.collect()
-    after = proc.memory_info().rss
-    r.close()
+    code = (
+        "import json, psutil\n"
+        "from pipeline.runner import Runner\n"
+        "p = psutil.Process()\n"
+        f"r = Runner.from_artifact({str(art)!r}, prefetch=False)\n"
+        "r.predict(['warm up the allocator'])\n"
+        "r.cache.clear()\n"
+        "before = p.memory_info().rss\n"
+        "r.predict(['load everything'])\n"
+        "engine_bytes, loaded = r.cache.resident_bytes, p.memory_info().rss\n"
+        "r.cache.clear()\n"
+        "print(json.dumps([before, loaded, p.memory_info().rss, engine_bytes]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    before, loaded, after, engine_bytes = json.loads(out.stdout.strip().splitlines()[-1])
     assert engine_bytes > 40e6
-    assert loaded - before > 0.8 * engine_bytes
-    assert loaded - after > 0.6 * engine_bytes, (before, loaded, after)
+    assert loaded - before > 0.8 * engine_bytes, (before, loaded, engine_bytes)
+    assert loaded - after > 0.8 * engine_bytes, (before, loaded, after)
