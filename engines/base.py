@@ -37,6 +37,9 @@ class Backend(ABC):
         """The manifest variant this backend runs at ``precision`` (fp32 exported graphs by default)."""
         return "fp32" if precision == "fp32" else f"ort-{precision}"
 
+    def configure(self, swapping: bool) -> None:  # noqa: B027 - optional hook
+        """Told by the runner whether engines will be swapped (budget below the model) or stay resident."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 

@@ -95,6 +95,8 @@ class Runner:
             order += [lay, ramp]
         self.budget = resolve_budget(memory_budget, manifest, self.variant)
         self.cache = ResidencyCache(backend, manifest, order, self.budget, prefetch=prefetch)
+        total = sum(self.cache.sizes.values())
+        backend.configure(swapping=self.budget is not None and self.budget < total)
         emb_inputs = [i["name"] for i in manifest.graphs[self.schedule.embeddings]["inputs"]]
         self._emb_inputs = emb_inputs
 
