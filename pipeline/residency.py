@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.base import Backend
+from engines.base import Backend, trim_heap
 
 from .artifact import Manifest
 from .errors import NanotrtError
@@ -202,6 +202,7 @@ class ResidencyCache:
                 if slot.engine is not None:
                     self.backend.release(slot.engine)
                     self.stats.releases += 1
+        trim_heap()  # give the memory back to the OS now that nothing is resident
 
     def close(self) -> None:
         if self._pool is not None:
