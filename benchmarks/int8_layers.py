@@ -96,7 +96,7 @@ def main() -> None:
         report["artifacts"][str(art)] = {"task": m.task, "latency": lat, "ramp_metrics": rm,
                                          "int8_rel_error": info.get("rel_error"), "kept_fp32": info.get("kept_fp32")}
         base = lat["fp32"]["mean_layer_ms"]
-        lines += [f"## {art.name} ({m.task or 'random weights'}, {m.num_layers} layers, H={m.data['hidden_size']})", "",
+        lines += [f"## {art.parent.name} ({m.task or 'random weights'}, {m.num_layers} layers, H={m.data['hidden_size']})", "",
                   f"Layer latency at batch {a.batch} x seq {a.seq} (median of {a.repeats}, variants interleaved):", "",
                   "| variant | mean ms / layer | speedup vs fp32 |", "|---|---|---|"]
         lines += [f"| {v} | {d['mean_layer_ms']:.2f} | {base / d['mean_layer_ms']:.2f}x |" for v, d in lat.items()]

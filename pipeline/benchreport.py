@@ -17,7 +17,7 @@ from .progress import console, progress, table_console
 # Large train sets are subsampled for the embedded default so first use stays practical on 2 cores
 # (SST-2: 16k of 67k sentences, one epoch, ~16 min here); small ones use the training defaults.
 DEFAULT_TRAIN: dict[str, dict[str, Any]] = {t: {"limit": 16000, "epochs": 1.0} for t in ("sst2", "qqp", "mnli", "qnli")}
-DEFAULT_EXIT = {"classification": "patience=2", "regression": "patience=2,delta=0.1"}
+DEFAULT_EXIT = {"classification": "patience=3", "regression": "patience=2,delta=0.1"}
 
 
 def sweep_specs(task_type: str, n_layers: int) -> list[str]:

@@ -126,7 +126,7 @@ def build(
 def bench(
     task: Annotated[str, typer.Option(help="GLUE task (mnli runs matched and mismatched)")],
     artifact: Annotated[Path | None, typer.Argument(help="artifact dir; default: the demo model trained on TASK")] = None,
-    exit: Annotated[str | None, typer.Option("--exit", help="exit policy (default patience=2)")] = None,
+    exit: Annotated[str | None, typer.Option("--exit", help="exit policy (default patience=3; regression patience=2,delta=0.1)")] = None,
     memory_budget: Annotated[str, typer.Option(help="budget of the early-exit rows (a 2-layer row is added at 'all')")] = "all",
     batch_size: Annotated[int, typer.Option(help="also measure batched throughput with per-sample exit")] = 1,
     sweep: Annotated[bool, typer.Option("--sweep", help="sweep exit thresholds; draws the curve")] = False,
