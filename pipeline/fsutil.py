@@ -37,6 +37,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts and reports are meant to be shared
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
