@@ -102,7 +102,9 @@ def task_file(task: Task, split: str, data_dir: str | Path | None = None) -> Pat
     root = Path(data_dir) if data_dir else default_data_dir()
     path = root / task.dir / task.files[split]
     if not path.is_file():
-        expected = ", ".join(str(root / task.dir / f) for f in dict.fromkeys(task.files.values()))
+        # every file of that folder's tasks (MNLI: train, dev_matched and dev_mismatched)
+        files = dict.fromkeys(f for t in TASKS.values() if t.dir == task.dir for f in t.files.values())
+        expected = ", ".join(str(root / task.dir / f) for f in files)
         raise NanotrtError(
             f"GLUE {task.name} {split} split not found: expected {expected}; download the GLUE data and put "
             f"the {task.dir}/ folder under {root} (or pass --data-dir / set NANOTRT_GLUE_DIR)"
