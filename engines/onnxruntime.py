@@ -38,8 +38,9 @@ class OrtBackend(Backend):
         self.prepack = prepack
 
     def configure(self, swapping: bool) -> None:
-        # Prepacking re-lays out GEMM weights at load: measured on a BERT-base layer, load 40 -> 15 ms
-        # without it, compute 12.1 -> 14.2 ms at seq 128. Worth it only when engines stay resident.
+        # Prepacking re-lays out GEMM weights at load: on a built BERT-base layer it is most of the load
+        # time (benchmarks/results/ort_load_options.md: 19.6 -> 1.9 ms load, 11.3 -> 13.9 ms run at 128
+        # tokens). Worth it only when engines stay resident.
         self.prepack = not swapping
 
     def _options(self, entry: dict[str, Any]) -> Any:
@@ -54,7 +55,7 @@ class OrtBackend(Backend):
         so.log_severity_level = 3
         if not self.spin:
             # Every session has its own intra-op pool; spinning idle threads of 25 sessions steal the cores
-            # from the one that runs (BERT-base, 2 cores: 411 -> 145 ms per 128-token example).
+            # from the one that runs (ort_load_options.md, BERT-base, 2 cores: 414 -> 152 ms per example).
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if not self.prepack:
             so.add_session_config_entry("session.disable_prepacking", "1")
@@ -81,6 +82,6 @@ class OrtBackend(Backend):
 
     def release(self, engine: OrtEngine) -> None:
         # No heap trim per swap: the next engine reuses the freed blocks (RSS stays bounded by the budget),
-        # and trimming then re-faulting the pages doubled the per-example time at a 2-layer budget
-        # (BERT-base, 128 tokens: 1078 -> 532 ms). The cache trims when it is cleared.
+        # and trimming then re-faulting the pages costs time (ort_load_options.md, 2-layer budget:
+        # 288 -> 203 ms per example). The cache trims when it is cleared.
         engine.session = None

@@ -73,8 +73,8 @@ def _ort_offline_optimize(path: Path) -> None:
     """Run ORT's session-level graph optimizations (incl. QDQ fusions) once at build time and save the
     result with its weights as external data (``<graph>.onnx.data``), so the runtime loads with
     optimizations disabled and without parsing weights out of a protobuf: a BERT-base layer then loads
-    in about a third of the time (load s / loads in benchmarks/results/streaming_memory.md), which
-    matters when layers are swapped.
+    in half the time (benchmarks/results/ort_load_options.md: 37.7 -> 19.6 ms), which matters when
+    layers are swapped.
     CPU-EP specific, like the variant."""
     import onnx
     import onnxruntime as ort
