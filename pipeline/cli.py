@@ -59,25 +59,13 @@ def train(
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir (default $NANOTRT_GLUE_DIR or ../shared/data/glue)")] = None,
 ) -> None:
     """Train off-ramps on a GLUE task; prints and saves the dev metric of every ramp."""
-    from .train import TrainConfig
+    from .train import TrainConfig, print_ramp_table
     from .train import train as run_train
 
     cfg = TrainConfig(task=task, method=method, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
                       max_length=max_length, seed=seed, limit=limit, eval_limit=eval_limit,
                       grad_accum=grad_accum, pooling=pooling, data_dir=data_dir)
-    report = run_train(model, out, cfg)
-    from rich.table import Table
-
-    from .progress import console
-
-    table = Table(title=f"{report['task']} dev, per ramp ({report['train_seconds']} s training)")
-    keys = [k for k in report["ramps"][0] if k != "layer"]
-    table.add_column("layer")
-    for k in keys:
-        table.add_column(k)
-    for row in report["ramps"]:
-        table.add_row(str(row["layer"]), *(f"{100 * row[k]:.2f}" for k in keys))
-    console.print(table)
+    print_ramp_table(run_train(model, out, cfg))
 
 
 @app.command()

@@ -190,3 +190,18 @@ def train(model_dir: str | Path, out_dir: str | Path, cfg: TrainConfig) -> dict[
               "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}
     save_checkpoint(model, out_dir, tokenizer_src=model_dir, extra_json={"ramp_metrics.json": report})
     return report
+
+
+def print_ramp_table(report: dict[str, Any]) -> None:
+    """The per-ramp dev metric table of a training report (x100)."""
+    from rich.table import Table
+
+    from .progress import table_console
+
+    table = Table(title=f"{report['task']} dev, per ramp ({report['train_seconds']} s training)")
+    keys = [k for k in report["ramps"][0] if k != "layer"]
+    for col in ("layer", *keys):
+        table.add_column(col)
+    for row in report["ramps"]:
+        table.add_row(str(row["layer"]), *(f"{100 * row[k]:.2f}" for k in keys))
+    table_console.print(table)
