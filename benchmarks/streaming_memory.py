@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -56,9 +55,10 @@ def child(spec: dict) -> dict:
 
     import numpy as np
 
+    from pipeline.bench import peak_rss_bytes
     from pipeline.runner import Runner
 
-    rss0 = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    rss0 = peak_rss_bytes()
     texts = workloads()[spec["workload"]][: spec["examples"]]
     with Runner.from_artifact(spec["artifact"], memory_budget=spec["budget"], prefetch=spec["prefetch"],
                               variant=spec["variant"]) as r:
@@ -70,13 +70,13 @@ def child(spec: dict) -> dict:
             r.predict([t])
             lat.append(time.perf_counter() - s)
         wall = time.perf_counter() - t0
-        peak_batch1 = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        peak_batch1 = peak_rss_bytes()
         bt = time.perf_counter()
         r.predict(texts, batch_size=spec["batch"])
         batch_wall = time.perf_counter() - bt
         st = r.cache.stats
     return {**spec, "rss_after_imports": rss0, "peak_rss": peak_batch1,
-            "peak_rss_with_batch": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+            "peak_rss_with_batch": peak_rss_bytes(),
             "mean_ms": 1000 * wall / len(texts), "p50_ms": float(1000 * np.median(lat)),
             "batch_throughput": len(texts) / batch_wall, "peak_engine_bytes": st.peak_resident_bytes,
             "loads": st.loads, "load_s": st.load_s, "wait_s": st.wait_s, "budget_bytes": r.budget}

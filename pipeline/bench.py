@@ -52,8 +52,16 @@ class RowSpec:
 # child side
 # --------------------------------------------------------------------------------------------
 
-def _peak_rss_bytes() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS. VmHWM belongs to the current address space; ru_maxrss survives
+    execve on Linux, so a child started by a large parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 def _encode_all(spec: RowSpec) -> tuple[Task, Any, list[dict[str, np.ndarray]], np.ndarray, Any]:
@@ -77,7 +85,7 @@ def _summary(task: Task, labels: np.ndarray, logits: np.ndarray, layers: np.ndar
     return {"metrics": metrics, "metric": metrics[task.main_metric], "avg_exit_layer": float(np.mean(layers)),
             "layer_speedup": n_layers / float(np.mean(layers)), "p50_ms": float(np.percentile(lat_ms, 50)),
             "p95_ms": float(np.percentile(lat_ms, 95)), "throughput": len(labels) / wall, "wall_s": wall,
-            "peak_rss_bytes": _peak_rss_bytes(), "examples": len(labels), **extra}
+            "peak_rss_bytes": peak_rss_bytes(), "examples": len(labels), **extra}
 
 
 def _time_batches(batches: list[dict[str, np.ndarray]], fn: Any) -> tuple[list[Any], list[float], float]:
