@@ -64,7 +64,7 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
-def _encode_all(spec: RowSpec) -> tuple[Task, Any, list[dict[str, np.ndarray]], np.ndarray, Any]:
+def _encode_all(spec: RowSpec) -> tuple[Task, Any, list[dict[str, np.ndarray]], np.ndarray]:
     from .artifact import Manifest
     from .tokenize import Tokenizer
 
@@ -75,7 +75,7 @@ def _encode_all(spec: RowSpec) -> tuple[Task, Any, list[dict[str, np.ndarray]], 
     bs = spec.batch_size
     batches = [tok(split.texts[i:i + bs], split.pairs[i:i + bs] if split.pairs else None)
                for i in range(0, len(split), bs)]
-    return task, m, batches, split.labels, tok
+    return task, m, batches, split.labels
 
 
 def _summary(task: Task, labels: np.ndarray, logits: np.ndarray, layers: np.ndarray, lat: list[float],
@@ -102,7 +102,7 @@ def _time_batches(batches: list[dict[str, np.ndarray]], fn: Any) -> tuple[list[A
 
 
 def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
-    task, m, batches, labels, _ = _encode_all(spec)
+    task, m, batches, labels = _encode_all(spec)
     n = m.num_layers
     if spec.kind in ("torch-full", "torch-exit"):
         import torch

@@ -133,7 +133,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
         final_dir = m.root / f"{variant}.{secrets.token_hex(4)}"
         staging.mkdir()
         try:
-            graphs, sched, info = _build_variant(m, variant, staging, final_dir.name, calib, calib_method,
+            graphs, sched, info = _build_variant(m, variant, staging, calib, calib_method,
                                                  int8_tolerance, trt_mod, trt_options or {})
             # Switch: new files in place under their final name, then one manifest rename.
             staging.rename(final_dir)
@@ -155,7 +155,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
     return built
 
 
-def _build_variant(m: Manifest, variant: str, out: Path, dir_name: str, calib: Any, calib_method: str,
+def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_method: str,
                    tolerance: float, trt_mod: Any, trt_options: dict[str, Any]
                    ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
     from calibration.quantize import quantize_dynamic_int8, quantize_static_qdq, relative_error

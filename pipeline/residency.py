@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from engines.base import Backend, trim_heap
@@ -43,7 +43,6 @@ class _Slot:
     engine: Any = None
     future: Future[Any] | None = None
     in_use: int = 0
-    last_loaded: float = field(default_factory=time.perf_counter)
 
 
 class ResidencyCache:

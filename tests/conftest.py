@@ -27,6 +27,20 @@ def artifacts(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     return {fam: export_model(d, root / fam).root for fam, d in tiny_dirs.items()}
 
 
+def interrupt_on_call(monkeypatch: pytest.MonkeyPatch, module: object, name: str, n: int = 3) -> None:
+    """Replace ``module.name`` so that its ``n``-th call raises KeyboardInterrupt (a Ctrl-C mid-run)."""
+    calls = {"n": 0}
+    real = getattr(module, name)
+
+    def wrapped(*a: object, **k: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
 @pytest.fixture(params=list(FAMILIES))
 def family(request: pytest.FixtureRequest) -> str:
     return str(request.param)

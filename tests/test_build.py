@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PAIRS, TEXTS
+from conftest import PAIRS, TEXTS, interrupt_on_call
 
 from pipeline.artifact import Manifest
 from pipeline.build import build
@@ -98,16 +98,7 @@ def test_interrupted_build_leaves_previous_artifact(artifacts: dict[str, Path], 
     art = tmp_path / "art"
     shutil.copytree(artifacts["bert"], art)
     before = (art / "manifest.json").read_text()
-    calls = {"n": 0}
-    real = q.quantize_static_qdq
-
-    def flaky(*a: object, **k: object) -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        real(*a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(q, "quantize_static_qdq", flaky)
+    interrupt_on_call(monkeypatch, q, "quantize_static_qdq")
     with pytest.raises(KeyboardInterrupt):
         build(art, int8=True, calib_task="cola", calib_size=16, data_dir=FIX)
     m = Manifest.load(art)

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import PAIRS, TEXTS
+from conftest import PAIRS, TEXTS, interrupt_on_call
 
 from pipeline.artifact import Manifest
 from pipeline.errors import NanotrtError
@@ -120,16 +120,7 @@ def test_interrupted_export_leaves_nothing(tiny_dirs: dict[str, Path], tmp_path:
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.export as ex
 
-    calls = {"n": 0}
-    real = ex._export_one
-
-    def boom(*a: object, **k: object) -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        real(*a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ex, "_export_one", boom)
+    interrupt_on_call(monkeypatch, ex, "_export_one")
     with pytest.raises(KeyboardInterrupt):
         ex.export_model(tiny_dirs["bert"], tmp_path / "art")
     assert list(tmp_path.iterdir()) == []
