@@ -7,12 +7,11 @@ ART ?= out/demo-artifact
 
 .PHONY: venv demo test test-slow lint typecheck clean
 
-$(BIN)/nanotrt: pyproject.toml
+$(BIN)/nanotrt: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch pinned to the local CPU wheel first, so nothing pulls a CUDA build
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,demo]'
+	# constraints.txt pins torch to the local CPU wheel, so nothing pulls a CUDA build
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,demo]'
 	# type stubs for the TensorRT code (the tensorrt wheel itself cannot install without a GPU toolchain)
 	$(BIN)/pip install -q --no-deps tensorrt-stubs
 	touch $@
@@ -23,7 +22,7 @@ demo: venv
 	$(BIN)/nanotrt bench --task cola
 
 test: venv
-	$(BIN)/ruff check pipeline engines calibration tests scripts benchmarks
+	$(BIN)/ruff check nanotrt runtime pipeline engines calibration tests scripts benchmarks
 	$(BIN)/python scripts/prepare_typings.py
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -32,7 +31,7 @@ test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
 
 lint: venv
-	$(BIN)/ruff check pipeline engines calibration tests benchmarks
+	$(BIN)/ruff check nanotrt runtime pipeline engines calibration tests scripts benchmarks
 
 typecheck: venv
 	$(BIN)/python scripts/prepare_typings.py

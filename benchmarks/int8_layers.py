@@ -25,8 +25,7 @@ VARIANTS = ["fp32", "ort-fp32", "ort-fp16", "ort-int8", "ort-int8-dynamic"]
 def layer_latency(art: Path, seq: int, batch: int, repeats: int) -> dict[str, dict[str, float]]:
     """Median ms of every layer graph per variant; variants interleaved per repeat so drift hits all alike."""
     import onnxruntime as ort
-
-    from pipeline.artifact import Manifest
+    from nanotrt.runtime.artifact import Manifest
 
     m = Manifest.load(art)
     hidden = m.data["hidden_size"]
@@ -55,8 +54,8 @@ def layer_latency(art: Path, seq: int, batch: int, repeats: int) -> dict[str, di
 
 def ramp_metrics(art: Path, limit: int | None) -> dict[str, list[float]]:
     """Dev metric of every ramp, per variant (full depth: every ramp sees every example)."""
-    from pipeline.glue import compute_metrics, get_task, predictions_from_logits, read_split
-    from pipeline.runner import Runner
+    from nanotrt.pipeline.glue import compute_metrics, get_task, predictions_from_logits, read_split
+    from nanotrt.runtime.runner import Runner
 
     out = {}
     for v in VARIANTS:
@@ -80,9 +79,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = ap.parse_args()
-    from pipeline.artifact import Manifest
-    from pipeline.bench import machine_info
-    from pipeline.fsutil import write_json
+    from nanotrt.pipeline.bench import machine_info
+    from nanotrt.runtime.artifact import Manifest
+    from nanotrt.runtime.fsutil import write_json
 
     report = {"machine": machine_info(), "seq": a.seq, "batch": a.batch, "artifacts": {}}
     lines = ["# Per-layer INT8 vs FP32 and per-ramp accuracy by precision", "",

@@ -47,10 +47,10 @@ def layer_load_run(path: Path, optimized: bool, prepack: bool, repeats: int = 7)
 
 
 def runner_latency(texts: list[str], budget: str, spin: bool, trim_per_swap: bool) -> float:
-    import engines.onnxruntime as eo
-    from engines.base import trim_heap
-    from pipeline.artifact import Manifest
-    from pipeline.runner import Runner
+    import nanotrt.engines.onnxruntime as eo
+    from nanotrt.runtime.artifact import Manifest
+    from nanotrt.runtime.backend import trim_heap
+    from nanotrt.runtime.runner import Runner
 
     class Backend(eo.OrtBackend):
         def release(self, engine: eo.OrtEngine) -> None:
@@ -68,9 +68,9 @@ def runner_latency(texts: list[str], budget: str, spin: bool, trim_per_swap: boo
 
 
 def main() -> None:
-    from pipeline.artifact import Manifest
-    from pipeline.bench import machine_info
-    from pipeline.fsutil import write_json
+    from nanotrt.pipeline.bench import machine_info
+    from nanotrt.runtime.artifact import Manifest
+    from nanotrt.runtime.fsutil import write_json
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from streaming_memory import workloads

@@ -26,9 +26,8 @@ def make_model(cache: Path) -> Path:
     if (art / "manifest.json").is_file():
         return art
     import torch
+    from nanotrt.pipeline.export import export_model
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from pipeline.export import export_model
 
     torch.manual_seed(0)
     hf = cache / "hf"
@@ -41,7 +40,7 @@ def make_model(cache: Path) -> Path:
 
 
 def workloads() -> dict[str, list[str]]:
-    from pipeline.glue import read_split
+    from nanotrt.pipeline.glue import read_split
 
     short = read_split("sst2", "dev").texts  # ~20 tokens
     long = [" ".join((t + " ") * 8 for t in short[i:i + 3]) for i in range(0, 300, 3)]  # truncated at 128
@@ -54,9 +53,8 @@ def child(spec: dict) -> dict:
         import torch  # noqa: F401
 
     import numpy as np
-
-    from pipeline.bench import peak_rss_bytes
-    from pipeline.runner import Runner
+    from nanotrt.pipeline.bench import peak_rss_bytes
+    from nanotrt.runtime.runner import Runner
 
     rss0 = peak_rss_bytes()
     texts = workloads()[spec["workload"]][: spec["examples"]]
@@ -94,11 +92,11 @@ def main() -> None:
         print(json.dumps(child(json.loads(a.child))))
         return
     art = make_model(a.cache)
-    from pipeline.bench import machine_info
-    from pipeline.fsutil import write_json
+    from nanotrt.pipeline.bench import machine_info
+    from nanotrt.runtime.fsutil import write_json
 
     if "ort-fp32" not in json.loads((art / "manifest.json").read_text())["variants"]:
-        from pipeline.build import build
+        from nanotrt.pipeline.build import build
 
         build(art)  # the optimized variant: offline-optimized graphs, weights as external data
     opt, exported = "ort-fp32", "fp32"

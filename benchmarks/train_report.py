@@ -14,8 +14,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from pipeline.bench import machine_info
-    from pipeline.fsutil import write_json
+    from nanotrt.pipeline.bench import machine_info
+    from nanotrt.runtime.fsutil import write_json
 
     out = ROOT / "benchmarks" / "results"
     args = sys.argv[1:]

@@ -8,10 +8,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.errors import NanotrtError
-
-from .readers import FeedReader, Feeds
+from nanotrt.calibration.readers import FeedReader, Feeds
+from nanotrt.runtime.errors import NanotrtError
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 

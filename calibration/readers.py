@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.artifact import Manifest
-from pipeline.glue import read_split
-from pipeline.progress import progress
-from pipeline.tokenize import Tokenizer
+from nanotrt.pipeline.glue import read_split
+from nanotrt.pipeline.progress import progress
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.tokenize import Tokenizer
 
 Feeds = dict[str, np.ndarray]
 

@@ -6,11 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from pipeline.artifact import Manifest
-from pipeline.errors import NanotrtError
-
-from .base import Backend
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.backend import Backend
+from nanotrt.runtime.errors import NanotrtError
 
 
 @dataclass
@@ -24,7 +22,6 @@ class OrtEngine:
 
 class OrtBackend(Backend):
     name = "onnxruntime"
-    formats = ("onnx",)
 
     def __init__(self, threads: int | None = None, providers: list[str] | None = None, verify: bool = True,
                  spin: bool = False, prepack: bool = True):

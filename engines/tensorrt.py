@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipeline.artifact import Manifest
-from pipeline.errors import NanotrtError
-
-from .base import Backend
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.backend import Backend
+from nanotrt.runtime.errors import NanotrtError
 
 INSTALL_HINT = (
     "TensorRT is not installed: on a machine with an NVIDIA GPU run `pip install -e '.[tensorrt]'` "
@@ -204,7 +202,6 @@ class _Pool:
 
 class TrtBackend(Backend):
     name = "tensorrt"
-    formats = ("trt-plan",)
 
     def __init__(self, device: int = 0, verify: bool = True):
         require_tensorrt()

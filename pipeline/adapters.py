@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from nanotrt.runtime.errors import NanotrtError
 from torch import nn
-
-from .errors import NanotrtError
 
 # Additive mask value: large enough to zero softmax weights in fp32 and still finite in fp16
 # (finfo(float32).min becomes -inf in fp16 graphs).

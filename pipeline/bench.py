@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .errors import NanotrtError
-from .glue import Task, compute_metrics, get_task, predictions_from_logits, read_split
+from nanotrt.pipeline.glue import Task, compute_metrics, get_task, predictions_from_logits, read_split
+from nanotrt.runtime.errors import NanotrtError
 
 WARMUP = 5
 
@@ -65,8 +64,8 @@ def peak_rss_bytes() -> int:
 
 
 def _encode_all(spec: RowSpec) -> tuple[Task, Any, list[dict[str, np.ndarray]], np.ndarray]:
-    from .artifact import Manifest
-    from .tokenize import Tokenizer
+    from nanotrt.runtime.artifact import Manifest
+    from nanotrt.runtime.tokenize import Tokenizer
 
     task = get_task(spec.task)
     split = read_split(task, "dev", spec.data_dir, limit=spec.limit)
@@ -106,10 +105,9 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
     n = m.num_layers
     if spec.kind in ("torch-full", "torch-exit"):
         import torch
-
-        from .exits import parse_exit
-        from .model import load_model
-        from .reference import reference_exit
+        from nanotrt.pipeline.model import load_model
+        from nanotrt.pipeline.reference import reference_exit
+        from nanotrt.runtime.exits import parse_exit
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
@@ -147,9 +145,8 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
                        {"engine_peak_bytes": int(m.graphs["whole"]["bytes"]), "torch_imported": "torch" in sys.modules})
         return res
 
-    from engines import get_backend
-
-    from .runner import Runner, RunStats
+    from nanotrt.runtime.backend import get_backend
+    from nanotrt.runtime.runner import Runner, RunStats
 
     results = []
     for exit_spec in spec.sweep or [spec.exit]:
@@ -176,7 +173,7 @@ def run_child(spec: RowSpec, timeout: float = 3600) -> Any:
         json.dump(spec.__dict__, f)
         path = f.name
     try:
-        p = subprocess.run([sys.executable, "-m", "pipeline.bench", path], capture_output=True, text=True,
+        p = subprocess.run([sys.executable, "-m", "nanotrt.pipeline.bench", path], capture_output=True, text=True,
                            timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     finally:
         os.unlink(path)

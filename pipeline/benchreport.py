@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .artifact import Manifest
-from .bench import RowSpec, machine_info, run_child
-from .errors import NanotrtError
-from .fsutil import atomic_file, write_json
-from .glue import get_task, task_file
-from .progress import console, progress, table_console
+from nanotrt.pipeline.bench import RowSpec, machine_info, run_child
+from nanotrt.pipeline.glue import get_task, task_file
+from nanotrt.pipeline.progress import console, progress, table_console
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.fsutil import atomic_file, write_json
 
 # Large train sets are subsampled for the embedded default so first use stays practical on 2 cores
 # (SST-2: 16k of 67k sentences, one epoch, ~16 min here); small ones use the training defaults.
@@ -30,7 +30,7 @@ def sweep_specs(task_type: str, n_layers: int) -> list[str]:
 def prepare_default(task: str, data_dir: str | None = None, root: Path | None = None) -> Path:
     """The demo model trained with off-ramps on ``task``, exported (with the one-graph baseline) and
     built to INT8, cached and reused."""
-    from .demo import cache_dir, demo_model_dir
+    from nanotrt.pipeline.demo import cache_dir, demo_model_dir
 
     t = get_task(task)
     name = "mnli" if t.name == "mnli-mm" else t.name
@@ -39,9 +39,9 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
     if (art / "manifest.json").is_file() and "ort-int8" in Manifest.load(art).variants:
         return art
     task_file(t, "train", data_dir)  # clear error before minutes of work
-    from .build import build
-    from .export import export_model
-    from .train import TrainConfig, train
+    from nanotrt.pipeline.build import build
+    from nanotrt.pipeline.export import export_model
+    from nanotrt.pipeline.train import TrainConfig, train
 
     ckpt = root / "checkpoint"
     if not (ckpt / "nanotrt.json").is_file():

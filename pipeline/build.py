@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .artifact import Manifest, Schedule
-from .errors import NanotrtError
-from .progress import console, progress
+from nanotrt.pipeline.progress import console, progress
+from nanotrt.runtime.artifact import Manifest, Schedule
+from nanotrt.runtime.errors import NanotrtError
 
 # Max relative L2 error of a graph's output (on its FP32 calibration inputs) before it is kept in FP32.
 # The per-graph errors of a build are recorded in its manifest (variants.ort-int8.rel_error); for the
@@ -105,14 +105,13 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
         if not calib_task:
             raise NanotrtError("--int8 needs calibration data: pass --calib-task TASK (its train split is used)")
     if int8:  # fail before building anything when the calibration data is missing
-        from .glue import get_task, task_file
+        from nanotrt.pipeline.glue import get_task, task_file
 
         task_file(get_task(calib_task or ""), "train", data_dir)
     trt_mod: Any = None
     if backend == "tensorrt":
-        import engines.tensorrt  # lazy: TensorRT only where installed
+        from nanotrt.engines import tensorrt as trt_mod  # lazy: TensorRT only where installed
 
-        trt_mod = engines.tensorrt
         trt_mod.require_tensorrt()
     variants = _variant_names(backend, fp16, int8, dynamic)
     calib = None
@@ -126,7 +125,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
             built.append(variant)
             continue
         if "int8" in variant and variant != "ort-int8-dynamic" and calib is None:
-            from calibration.readers import collect
+            from nanotrt.calibration.readers import collect
 
             calib = collect(m, calib_task or "", calib_size, data_dir=data_dir)
         staging = m.root / f".{variant}.{secrets.token_hex(4)}.tmp"
@@ -158,7 +157,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
 def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_method: str,
                    tolerance: float, trt_mod: Any, trt_options: dict[str, Any]
                    ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
-    from calibration.quantize import quantize_dynamic_int8, quantize_static_qdq, relative_error
+    from nanotrt.calibration.quantize import quantize_dynamic_int8, quantize_static_qdq, relative_error
 
     base = m.schedule("fp32")
     units = _graph_units(m)

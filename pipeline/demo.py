@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import NanotrtError
+from nanotrt.runtime.errors import NanotrtError
 
 
 def demo_model_dir() -> Path:

@@ -15,13 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from nanotrt.pipeline.model import OffRampModel, load_model, save_checkpoint
+from nanotrt.pipeline.progress import console, progress
+from nanotrt.runtime.artifact import Manifest, Schedule, new_manifest
+from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.fsutil import atomic_dir
 from torch import nn
-
-from .artifact import Manifest, Schedule, new_manifest
-from .errors import NanotrtError
-from .fsutil import atomic_dir
-from .model import OffRampModel, load_model, save_checkpoint
-from .progress import console, progress
 
 OPSET = 17
 PARITY_ATOL = 1e-4  # fp32, max abs diff vs PyTorch eager; export refuses a graph above EXPORT_FAIL_ATOL

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from .errors import NanotrtError
+from nanotrt.runtime.errors import NanotrtError
 
 csv.field_size_limit(sys.maxsize)
 

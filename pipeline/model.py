@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from nanotrt.pipeline.adapters import FamilyAdapter, get_adapter
+from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.fsutil import atomic_dir, write_json
 from torch import nn
-
-from .adapters import FamilyAdapter, get_adapter
-from .errors import NanotrtError
-from .fsutil import atomic_dir, write_json
 
 RAMP_CONFIG = "nanotrt.json"
 WEIGHTS = "model.safetensors"

@@ -4,9 +4,8 @@ the yardstick the numpy runner is tested against and the eager baseline of `nano
 from __future__ import annotations
 
 import torch
-
-from .exits import Entropy, ExitPolicy, FixedDepth, MaxProb, Patience
-from .model import OffRampModel
+from nanotrt.pipeline.model import OffRampModel
+from nanotrt.runtime.exits import Entropy, ExitPolicy, FixedDepth, MaxProb, Patience
 
 
 @torch.no_grad()

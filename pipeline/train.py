@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from nanotrt.pipeline.glue import Split, Task, compute_metrics, get_task, predictions_from_logits, read_split
+from nanotrt.pipeline.model import OffRampModel, load_model, save_checkpoint
+from nanotrt.pipeline.progress import console, progress
+from nanotrt.runtime.errors import NanotrtError
 from torch import nn
-
-from .errors import NanotrtError
-from .glue import Split, Task, compute_metrics, get_task, predictions_from_logits, read_split
-from .model import OffRampModel, load_model, save_checkpoint
-from .progress import console, progress
 
 METHODS = ("pabee", "deebert")
 
@@ -194,9 +193,8 @@ def train(model_dir: str | Path, out_dir: str | Path, cfg: TrainConfig) -> dict[
 
 def print_ramp_table(report: dict[str, Any]) -> None:
     """The per-ramp dev metric table of a training report (x100)."""
+    from nanotrt.pipeline.progress import table_console
     from rich.table import Table
-
-    from .progress import table_console
 
     table = Table(title=f"{report['task']} dev, per ramp ({report['train_seconds']} s training)")
     keys = [k for k in report["ramps"][0] if k != "layer"]

@@ -1,5 +1,7 @@
-"""Copy tensorrt-stubs into ./typings with the lines that do not parse fixed, so mypy can check our
-TensorRT code without the (uninstallable here) tensorrt wheel.
+"""Prepare ./typings for mypy: tensorrt-stubs with the lines that do not parse fixed (so mypy can check our
+TensorRT code without the uninstallable-here tensorrt wheel), and a ``nanotrt`` package of symlinks to the
+repository's top-level folders (setuptools maps them under ``nanotrt`` at install time; mypy does not run
+the editable-install import hook, so it needs the same tree on disk).
 
 `pip install --no-deps tensorrt-stubs` ships tensorrt/ and tensorrt_bindings/ .pyi files with parameters
 named `in` (a keyword) and a non-default parameter after defaults in `add_scale_nd`.
@@ -13,7 +15,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "typings"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "typings"
 
 
 def main() -> int:
@@ -30,6 +33,12 @@ def main() -> int:
             text = re.sub(r"\bin: ", "in_: ", text)  # `in` is a keyword
             text = text.replace("power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = ...)")
             (dst / f.name).write_text(text)
+    pkg = OUT / "nanotrt"
+    pkg.mkdir()
+    for f in (ROOT / "nanotrt").glob("*.py"):
+        (pkg / f.name).symlink_to(f)
+    for sub in ("runtime", "engines", "pipeline", "calibration"):
+        (pkg / sub).symlink_to(ROOT / sub, target_is_directory=True)
     print(f"typings written to {OUT}")
     return 0
 

@@ -21,7 +21,7 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def artifacts(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from pipeline.export import export_model
+    from nanotrt.pipeline.export import export_model
 
     root = tmp_path_factory.mktemp("artifacts")
     return {fam: export_model(d, root / fam).root for fam, d in tiny_dirs.items()}

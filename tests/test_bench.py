@@ -7,18 +7,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from pipeline.benchreport import run_bench
-from pipeline.errors import NanotrtError
+from nanotrt.pipeline.benchreport import run_bench
+from nanotrt.runtime.errors import NanotrtError
 
 FIX = Path(__file__).parent / "fixtures" / "glue"
 
 
 @pytest.fixture(scope="module")
 def bench_art(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.build import build
-    from pipeline.export import export_model
-    from pipeline.model import load_model, save_checkpoint
+    from nanotrt.pipeline.build import build
+    from nanotrt.pipeline.export import export_model
+    from nanotrt.pipeline.model import load_model, save_checkpoint
 
     root = tmp_path_factory.mktemp("bench")
     m = load_model(tiny_dirs["bert"], task="cola", labels=["0", "1"])

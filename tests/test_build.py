@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import PAIRS, TEXTS, interrupt_on_call
-
-from pipeline.artifact import Manifest
-from pipeline.build import build
-from pipeline.errors import NanotrtError
-from pipeline.runner import Runner
+from nanotrt.pipeline.build import build
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.runner import Runner
 
 FIX = Path(__file__).parent / "fixtures" / "glue"
 SENTS = TEXTS + ["the cat sat on the mat", "colourless green ideas sleep furiously", "he did n't went home"]
@@ -72,7 +71,7 @@ def test_rebuild_is_idempotent(built: Path) -> None:
 
 
 def test_calibration_reads_train_split_only(artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import calibration.readers as cr
+    import nanotrt.calibration.readers as cr
 
     seen: list[str] = []
     real = cr.read_split
@@ -93,7 +92,7 @@ def test_calibration_reads_train_split_only(artifacts: dict[str, Path], monkeypa
 
 def test_interrupted_build_leaves_previous_artifact(artifacts: dict[str, Path], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import calibration.quantize as q
+    import nanotrt.calibration.quantize as q
 
     art = tmp_path / "art"
     shutil.copytree(artifacts["bert"], art)

@@ -13,11 +13,10 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import PAIRS, TEXTS, interrupt_on_call
-
-from pipeline.artifact import Manifest
-from pipeline.errors import NanotrtError
-from pipeline.model import load_model
-from pipeline.tokenize import Tokenizer
+from nanotrt.pipeline.model import load_model
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.tokenize import Tokenizer
 
 ATOL = 1e-4  # fp32 ORT vs PyTorch eager, max abs diff
 
@@ -70,7 +69,7 @@ def test_every_graph_matches_pytorch(family: str, artifacts: dict[str, Path], wi
 
 
 def test_padding_does_not_change_real_tokens(family: str, artifacts: dict[str, Path]) -> None:
-    from pipeline.runner import Runner
+    from nanotrt.runtime.runner import Runner
 
     with Runner.from_artifact(artifacts[family]) as r:
         batched = r.predict(TEXTS, PAIRS, batch_size=3)
@@ -109,7 +108,7 @@ def test_albert_writes_one_shared_layer_graph(artifacts: dict[str, Path]) -> Non
 
 
 def test_polygraphy_and_checker_pass(artifacts: dict[str, Path]) -> None:
-    from pipeline.export import check_graph
+    from nanotrt.pipeline.export import check_graph
 
     m = Manifest.load(artifacts["distilbert"])
     for name in m.schedule().names():
@@ -118,7 +117,7 @@ def test_polygraphy_and_checker_pass(artifacts: dict[str, Path]) -> None:
 
 def test_interrupted_export_leaves_nothing(tiny_dirs: dict[str, Path], tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.export as ex
+    import nanotrt.pipeline.export as ex
 
     interrupt_on_call(monkeypatch, ex, "_export_one")
     with pytest.raises(KeyboardInterrupt):
@@ -127,10 +126,9 @@ def test_interrupted_export_leaves_nothing(tiny_dirs: dict[str, Path], tmp_path:
 
 
 def test_regression_model_exports(tmp_path: Path) -> None:
+    from nanotrt.pipeline.export import export_model
+    from nanotrt.runtime.runner import Runner
     from tinymodels import make_tiny
-
-    from pipeline.export import export_model
-    from pipeline.runner import Runner
 
     d = make_tiny("bert", tmp_path / "m", num_labels=1, layers=2)
     art = export_model(d, tmp_path / "art").root
@@ -142,7 +140,7 @@ def test_regression_model_exports(tmp_path: Path) -> None:
 # --- bad input: one line, non-zero exit, no traceback -----------------------------------------
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "nanotrt", *args], capture_output=True, text=True, timeout=300)
 
 
 def _assert_clean_error(p: subprocess.CompletedProcess[str], needle: str) -> None:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipeline.errors import NanotrtError
-from pipeline.glue import compute_metrics, f1_score, get_task, matthews_corrcoef, read_split
+from nanotrt.pipeline.glue import compute_metrics, f1_score, get_task, matthews_corrcoef, read_split
+from nanotrt.runtime.errors import NanotrtError
 
 FIX = Path(__file__).parent / "fixtures" / "glue"
 
@@ -68,9 +67,9 @@ def test_metrics() -> None:
 
 @pytest.mark.parametrize("method", ["pabee", "deebert"])
 def test_training_lowers_loss_and_round_trips(method: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
-    from pipeline.export import export_model
-    from pipeline.runner import Runner
-    from pipeline.train import TrainConfig, train
+    from nanotrt.pipeline.export import export_model
+    from nanotrt.pipeline.train import TrainConfig, train
+    from nanotrt.runtime.runner import Runner
 
     cfg = TrainConfig(task="cola", method=method, epochs=4, batch_size=16, lr=2e-3, data_dir=str(FIX), seed=0)
     report = train(tiny_dirs["bert"], tmp_path / "ckpt", cfg)
@@ -85,7 +84,7 @@ def test_training_lowers_loss_and_round_trips(method: str, tiny_dirs: dict[str, 
 
 
 def test_same_seed_same_result(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
-    from pipeline.train import TrainConfig, train
+    from nanotrt.pipeline.train import TrainConfig, train
 
     cfg = TrainConfig(task="cola", epochs=1, batch_size=16, lr=1e-3, data_dir=str(FIX), seed=7, limit=32)
     a = train(tiny_dirs["bert"], tmp_path / "a", cfg)
@@ -94,7 +93,7 @@ def test_same_seed_same_result(tiny_dirs: dict[str, Path], tmp_path: Path) -> No
 
 
 def test_regression_training(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
-    from pipeline.train import TrainConfig, train
+    from nanotrt.pipeline.train import TrainConfig, train
 
     cfg = TrainConfig(task="stsb", epochs=3, batch_size=16, lr=2e-3, data_dir=str(FIX), seed=0)
     report = train(tiny_dirs["distilbert"], tmp_path / "ckpt", cfg)
@@ -104,7 +103,7 @@ def test_regression_training(tiny_dirs: dict[str, Path], tmp_path: Path) -> None
 
 def test_interrupted_training_leaves_no_checkpoint(tiny_dirs: dict[str, Path], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.train as tr
+    import nanotrt.pipeline.train as tr
 
     def boom(*a: object, **k: object) -> None:
         raise KeyboardInterrupt

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import PAIRS, TEXTS
-
-from engines.onnxruntime import OrtBackend
-from pipeline.errors import NanotrtError
-from pipeline.exits import parse_exit
-from pipeline.runner import Runner
+from nanotrt.engines.onnxruntime import OrtBackend
+from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.exits import parse_exit
+from nanotrt.runtime.runner import Runner
 
 MANY = [
     "the film is a triumph", "i hated every minute of it", "an ok movie", "what a waste of time and money",
@@ -30,10 +29,9 @@ MANY = [
 @pytest.fixture(scope="module")
 def spiky(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-layer BERT whose ramps give confident, varied predictions, so exits differ per sample."""
+    from nanotrt.pipeline.export import export_model
+    from nanotrt.pipeline.model import load_model, save_checkpoint
     from tinymodels import make_tiny
-
-    from pipeline.export import export_model
-    from pipeline.model import load_model, save_checkpoint
 
     root = tmp_path_factory.mktemp("spiky")
     d = make_tiny("bert", root / "hf", layers=4, seed=3)
@@ -106,8 +104,8 @@ def test_budget_too_small_names_minimum(spiky: Path) -> None:
 
 @pytest.mark.parametrize("spec", ["patience=1", "patience=2", "entropy=0.005", "maxprob=0.999", "depth=2", "none"])
 def test_exits_match_pytorch_reference(spiky: Path, spec: str) -> None:
-    from pipeline.model import load_model
-    from pipeline.reference import reference_exit
+    from nanotrt.pipeline.model import load_model
+    from nanotrt.pipeline.reference import reference_exit
 
     model = load_model(spiky / "checkpoint")
     with Runner.from_artifact(spiky, exit=spec, memory_budget="2layers") as r:
@@ -183,7 +181,7 @@ def test_corrupted_engine_mid_run(spiky: Path, tmp_path: Path) -> None:
 def test_predict_imports_neither_torch_nor_transformers(spiky: Path) -> None:
     code = (
         "import sys\n"
-        "from pipeline.runner import Runner\n"
+        "from nanotrt.runtime.runner import Runner\n"
         f"r = Runner.from_artifact({str(spiky)!r}, memory_budget='2layers', exit='patience=2')\n"
         "r.predict(['hello there', 'a second text'], batch_size=2)\n"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
@@ -198,10 +196,9 @@ def test_memory_comes_back_after_release(tmp_path: Path) -> None:
     child process: in the test process, heap freed by earlier tests would absorb the loads."""
     import json
 
+    from nanotrt.pipeline.export import export_model
     from tinymodels import make_tiny
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from pipeline.export import export_model
 
     d = make_tiny("bert", tmp_path / "m", layers=1)  # tokenizer files; weights replaced by a wider model
     cfg = AutoConfig.for_model("bert", hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
@@ -210,7 +207,7 @@ def test_memory_comes_back_after_release(tmp_path: Path) -> None:
     art = export_model(d, tmp_path / "art", check=False, include_checkpoint=False).root
     code = (
         "import json, psutil\n"
-        "from pipeline.runner import Runner\n"
+        "from nanotrt.runtime.runner import Runner\n"
         "p = psutil.Process()\n"
         f"r = Runner.from_artifact({str(art)!r}, prefetch=False)\n"
         "r.predict(['warm up the allocator'])\n"

@@ -13,10 +13,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_real_minilm_exports_with_parity(tmp_path: Path) -> None:
-    from pipeline.demo import demo_model_dir
-    from pipeline.export import export_model
-    from pipeline.model import load_model
-    from pipeline.runner import Runner
+    from nanotrt.pipeline.demo import demo_model_dir
+    from nanotrt.pipeline.export import export_model
+    from nanotrt.pipeline.model import load_model
+    from nanotrt.runtime.runner import Runner
 
     src = demo_model_dir()
     model = load_model(src, num_labels=2)

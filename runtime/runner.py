@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from engines import Backend, get_backend
-
-from .artifact import Manifest
-from .errors import NanotrtError
-from .exits import ExitPolicy, parse_exit, softmax
-from .residency import ResidencyCache, fmt_bytes, parse_size
-from .tokenize import Tokenizer
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.backend import Backend, get_backend
+from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.exits import ExitPolicy, parse_exit, softmax
+from nanotrt.runtime.residency import ResidencyCache, fmt_bytes, parse_size
+from nanotrt.runtime.tokenize import Tokenizer
 
 
 @dataclass

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from pipeline.artifact import Manifest
-from pipeline.errors import NanotrtError
-
-from .base import Backend
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.backend import Backend
+from nanotrt.runtime.errors import NanotrtError
 
 
 @dataclass
@@ -26,7 +24,6 @@ class TorchEngine:
 
 class TorchBackend(Backend):
     name = "torch"
-    formats = ("onnx",)  # runs the roles of the exported fp32 schedule
 
     def __init__(self, threads: int | None = None):
         import torch
@@ -39,7 +36,7 @@ class TorchBackend(Backend):
     def _model(self, manifest: Manifest) -> Any:
         key = str(manifest.root)
         if key not in self._models:
-            from pipeline.model import load_model
+            from nanotrt.pipeline.model import load_model
 
             ckpt = manifest.data.get("checkpoint")
             if not ckpt:

@@ -17,10 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from engines.base import Backend, trim_heap
-
-from .artifact import Manifest
-from .errors import NanotrtError
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.backend import Backend, trim_heap
+from nanotrt.runtime.errors import NanotrtError
 
 
 @dataclass

@@ -1,25 +1,29 @@
-"""The small interface every backend implements (Polygraphy's loader/runner split, reduced to four calls).
+"""The small interface every backend implements (Polygraphy's loader/runner split), and their registry.
 
 ``load`` turns a manifest graph entry into an engine (verifying the file), ``run`` executes it on numpy
-feeds, ``release`` frees it, ``resident_bytes`` says what it holds. The runner never knows which backend
-it drives. ``formats`` lists the manifest graph formats the backend can load.
+feeds, ``release`` frees it, ``resident_bytes`` says what it holds; ``configure`` and ``close`` are
+optional hooks. The runner never knows which backend it drives.
+
+Backends live in ``nanotrt.engines`` (device side) and ``nanotrt.pipeline.torch_backend`` (the eager
+reference, offline side); the registry names them by module path and imports them on first use, so the
+device runtime never imports the offline side or a heavy optional dependency it does not run.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import sys
 from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
-
-from pipeline.artifact import Manifest
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.errors import NanotrtError
 
 
 class Backend(ABC):
     name: str = ""
-    formats: tuple[str, ...] = ()
 
     @abstractmethod
     def load(self, manifest: Manifest, name: str) -> Any: ...
@@ -52,3 +56,17 @@ def trim_heap() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except OSError:
             pass
+
+
+_BACKENDS = {
+    "onnxruntime": ("nanotrt.engines.onnxruntime", "OrtBackend"),
+    "tensorrt": ("nanotrt.engines.tensorrt", "TrtBackend"),
+    "torch": ("nanotrt.pipeline.torch_backend", "TorchBackend"),
+}
+
+
+def get_backend(name: str, **options: object) -> Backend:
+    if name not in _BACKENDS:
+        raise NanotrtError(f"unknown backend '{name}': use one of {', '.join(_BACKENDS)}")
+    module, cls = _BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)(**options)  # type: ignore[no-any-return]

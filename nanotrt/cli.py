@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import NanotrtError
+from nanotrt.runtime.errors import NanotrtError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Per-layer engines, memory-budget streaming and early exit for BERT-family classifiers.")
@@ -33,8 +33,8 @@ def export(
     whole: Annotated[bool, typer.Option(help="also export the whole model as one graph (bench baseline)")] = False,
 ) -> None:
     """Cut a model into embeddings / layer / ramp ONNX graphs plus manifest.json."""
-    from .export import export_model
-    from .model import load_model
+    from nanotrt.pipeline.export import export_model
+    from nanotrt.pipeline.model import load_model
 
     model = load_model(model_dir, num_labels=num_labels, pooling=pooling)
     export_model(model_dir, out, max_length=max_length, model=model, include_checkpoint=torch_reference, whole=whole)
@@ -59,8 +59,8 @@ def train(
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir (default $NANOTRT_GLUE_DIR or ../shared/data/glue)")] = None,
 ) -> None:
     """Train off-ramps on a GLUE task; prints and saves the dev metric of every ramp."""
-    from .train import TrainConfig, print_ramp_table
-    from .train import train as run_train
+    from nanotrt.pipeline.train import TrainConfig, print_ramp_table
+    from nanotrt.pipeline.train import train as run_train
 
     cfg = TrainConfig(task=task, method=method, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
                       max_length=max_length, seed=seed, limit=limit, eval_limit=eval_limit,
@@ -89,11 +89,11 @@ def build(
     legacy_calib_cache: Annotated[bool, typer.Option(help="also write a TensorRT 8.x calibration cache")] = False,
 ) -> None:
     """Add optimized / FP16 / INT8 engines for a backend to an artifact (atomic, idempotent)."""
-    from .build import build as run_build
+    from nanotrt.pipeline.build import build as run_build
 
     trt_options = None
     if backend == "tensorrt":
-        from engines.tensorrt import ProfileShapes
+        from nanotrt.engines.tensorrt import ProfileShapes
 
         def shape(text: str) -> tuple[int, int]:
             try:
@@ -124,7 +124,7 @@ def bench(
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
 ) -> None:
     """Accuracy / speed / memory table: early exit vs PyTorch eager and one-graph ORT, on the same inputs."""
-    from .benchreport import print_table, run_bench
+    from nanotrt.pipeline.benchreport import print_table, run_bench
 
     report = run_bench(task, artifact, exit=exit, budget=memory_budget, batch_size=batch_size, sweep=sweep,
                        out=out, limit=limit, data_dir=data_dir, threads=threads)
@@ -165,7 +165,7 @@ def predict(
     stats: Annotated[bool, typer.Option(help="print run statistics")] = False,
 ) -> None:
     """Classify text with the streaming runner (no torch import on the onnxruntime path)."""
-    from .runner import Runner
+    from nanotrt.runtime.runner import Runner
 
     items, pairs = _read_inputs(texts or [], pair, file)
     with Runner.from_artifact(artifact, backend=backend, memory_budget=memory_budget, exit=exit,
@@ -194,10 +194,10 @@ def demo(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="artifact dir (default: cache)")] = None,
 ) -> None:
     """Export the embedded MiniLM-L6 demo model (mean-pooled ramps, untrained) and stream a few predictions."""
-    from .demo import cache_dir, demo_model_dir
-    from .export import export_model
-    from .model import load_model
-    from .runner import Runner
+    from nanotrt.pipeline.demo import cache_dir, demo_model_dir
+    from nanotrt.pipeline.export import export_model
+    from nanotrt.pipeline.model import load_model
+    from nanotrt.runtime.runner import Runner
 
     art = out or cache_dir() / "demo-minilm-untrained"
     if not (art / "manifest.json").is_file():

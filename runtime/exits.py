@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from .errors import NanotrtError
+from nanotrt.runtime.errors import NanotrtError
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

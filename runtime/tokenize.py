@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .errors import NanotrtError
+from nanotrt.runtime.errors import NanotrtError
 
 
 class Tokenizer:

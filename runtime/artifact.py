@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import NanotrtError
-from .fsutil import sha256_file, write_json
+from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.fsutil import sha256_file, write_json
 
 FORMAT = "nanotrt-artifact"
 FORMAT_VERSION = 1

@@ -1,0 +1,3 @@
+from nanotrt.cli import main
+
+main()
