@@ -57,6 +57,12 @@ def train(
     grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps")] = 1,
     pooling: Annotated[str | None, typer.Option(help="ramp pooling: cls or mean (default: the model's own)")] = None,
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir (default $NANOTRT_GLUE_DIR or ../shared/data/glue)")] = None,
+    distill: Annotated[bool, typer.Option("--distill", help="ramps also learn the final ramp's softened predictions")] = False,
+    distill_temperature: Annotated[float, typer.Option(help="softmax temperature of --distill")] = 2.0,
+    distill_weight: Annotated[float, typer.Option(help="weight of the distillation term, 0..1")] = 0.5,
+    compute_penalty: Annotated[float | None, typer.Option(help="train halting heads; cost per full depth (e.g. 0.03-0.3); enables --exit learned=P")] = None,
+    holdout: Annotated[int, typer.Option(help="train rows kept out of training for `nanotrt calibrate-exit`")] = 0,
+    device: Annotated[str, typer.Option(help="auto (cuda if available) | cpu | cuda")] = "auto",
 ) -> None:
     """Train off-ramps on a GLUE task; prints and saves the dev metric of every ramp."""
     from nanotrt.pipeline.train import TrainConfig, print_ramp_table
@@ -64,7 +70,9 @@ def train(
 
     cfg = TrainConfig(task=task, method=method, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
                       max_length=max_length, seed=seed, limit=limit, eval_limit=eval_limit,
-                      grad_accum=grad_accum, pooling=pooling, data_dir=data_dir)
+                      grad_accum=grad_accum, pooling=pooling, data_dir=data_dir, distill=distill,
+                      distill_temperature=distill_temperature, distill_weight=distill_weight,
+                      compute_penalty=compute_penalty, holdout=holdout, device=device)
     print_ramp_table(run_train(model, out, cfg))
 
 
@@ -114,7 +122,7 @@ def build(
 def bench(
     task: Annotated[str, typer.Option(help="GLUE task (mnli runs matched and mismatched)")],
     artifact: Annotated[Path | None, typer.Argument(help="artifact dir; default: the demo model trained on TASK")] = None,
-    exit: Annotated[str | None, typer.Option("--exit", help="exit policy (default patience=3; regression patience=2,delta=0.1)")] = None,
+    exit: Annotated[str | None, typer.Option("--exit", help="exit policy (default: the artifact's calibrated default_exit, else patience=3; regression patience=2,delta=0.1)")] = None,
     memory_budget: Annotated[str, typer.Option(help="budget of the early-exit rows (a 2-layer row is added at 'all')")] = "all",
     batch_size: Annotated[int, typer.Option(help="also measure batched throughput with per-sample exit")] = 1,
     sweep: Annotated[bool, typer.Option("--sweep", help="sweep exit thresholds; draws the curve")] = False,
@@ -156,7 +164,7 @@ def predict(
     file: Annotated[Path | None, typer.Option("-f", "--file", help="one text per line (TAB before a pair); - = stdin")] = None,
     backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt | torch")] = "onnxruntime",
     memory_budget: Annotated[str, typer.Option(help="engine memory budget: all, 300MB, 2GB, 2layers")] = "all",
-    exit: Annotated[str, typer.Option("--exit", help="none, patience=3, entropy=0.3, maxprob=0.9, depth=4")] = "none",
+    exit: Annotated[str | None, typer.Option("--exit", help="none, patience=3, entropy=0.3, maxprob=0.9, depth=4, learned=0.5, patience=2,maxprob=0.9, patience=3,deadline=8ms (default: the artifact's calibrated default_exit, else none)")] = None,
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (built variants)")] = "fp32",
     variant: Annotated[str | None, typer.Option(help="manifest variant to run (overrides --precision)")] = None,
     prefetch: Annotated[bool, typer.Option(help="load the next layer on a background thread")] = True,
@@ -187,6 +195,51 @@ def predict(
         typer.echo(json.dumps({"samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
                                "compute_s": s.compute_s, "layer_time_s": s.layer_time_s,
                                "budget": runner.describe_budget(), **s.cache}, indent=1), err=True)
+
+
+@app.command()
+def profile(
+    artifact: Annotated[Path, typer.Argument(help="artifact dir")],
+    backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (built variants)")] = "fp32",
+    variant: Annotated[str | None, typer.Option(help="manifest variant (overrides --precision)")] = None,
+    memory_budget: Annotated[str, typer.Option(help="budget the profile is for: a step costs load + run when it swaps")] = "all",
+    batches: Annotated[str, typer.Option(help="batch sizes of the grid")] = "1,4,16",
+    seqs: Annotated[str, typer.Option(help="sequence lengths of the grid")] = "16,32,64,128",
+    repeats: Annotated[int, typer.Option(help="timed runs per graph and shape")] = 10,
+    threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
+) -> None:
+    """Measure per-layer and per-ramp latency on this device; writes profile-VARIANT.json by the manifest."""
+    from nanotrt.runtime.profile import run_profile
+
+    path, doc = run_profile(artifact, backend, precision, variant, memory_budget, batches, seqs, repeats, threads)
+    s = doc["schedule"]
+    step = [round(doc["graphs"][lay]["runs"][f"1x{doc['grid']['seq'][-1]}"]["p50_ms"]
+                  + doc["graphs"][r]["runs"][f"1x{doc['grid']['seq'][-1]}"]["p50_ms"], 2)
+            for lay, r in zip(s["layers"], s["ramps"], strict=True)]
+    _out(f"wrote {path} ({doc['machine']['cpu']}); layer+ramp p50 ms at batch 1 x {doc['grid']['seq'][-1]}: {step}")
+
+
+@app.command("calibrate-exit")
+def calibrate_exit(
+    artifact: Annotated[Path, typer.Argument(help="artifact dir")],
+    task: Annotated[str | None, typer.Option(help="GLUE task (default: the artifact's)")] = None,
+    max_loss: Annotated[float, typer.Option(help="metric points below full depth allowed (on held-out TRAIN rows)")] = 0.5,
+    policy: Annotated[str | None, typer.Option(help="only these families: patience,entropy,maxprob,learned,pcee,depth")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 | int8 ... (the variant the default is for)")] = "fp32",
+    data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the choice, leave the manifest alone")] = False,
+) -> None:
+    """Pick the most aggressive exit setting within --max-loss on held-out train rows; store it as default_exit."""
+    from nanotrt.pipeline.calibrate_exit import FAMILIES
+    from nanotrt.pipeline.calibrate_exit import calibrate_exit as run_calibrate
+
+    fams = tuple(f.strip() for f in policy.split(",")) if policy else FAMILIES
+    rec = run_calibrate(artifact, task, max_loss, fams, precision, data_dir, write=not dry_run)
+    c, h = rec["chosen"], rec["holdout"]
+    _out(f"{rec['task']} ({h['count']} held-out train rows{', SEEN in training' if h['seen_in_training'] else ''}): "
+         f"full depth {100 * rec['full_depth']:.2f} {rec['metric']}; default_exit {c['spec']}: "
+         f"{100 * c['metric']:.2f} at {c['avg_exit']:.2f} layers{' (dry run)' if dry_run else ''}")
 
 
 @app.command()

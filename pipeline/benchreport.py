@@ -21,10 +21,12 @@ DEFAULT_EXIT = {"classification": "patience=3", "regression": "patience=2,delta=
 
 
 def sweep_specs(task_type: str, n_layers: int) -> list[str]:
+    """Exit settings swept, plus fixed depth 1..N-1: the smaller model early exit has to beat."""
+    depth = [f"depth={d}" for d in range(1, n_layers)]
     pat = [f"patience={p}" for p in range(1, max(2, n_layers - 1))]
     if task_type == "regression":
-        return [f"{p},delta=0.1" for p in pat]
-    return pat + [f"entropy={t}" for t in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)]
+        return [f"{p},delta=0.1" for p in pat] + depth
+    return pat + [f"entropy={t}" for t in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)] + depth
 
 
 def prepare_default(task: str, data_dir: str | None = None, root: Path | None = None) -> Path:
@@ -71,10 +73,14 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
     if "whole" not in m.graphs or not m.data.get("checkpoint"):
         raise NanotrtError(f"artifact '{art}' lacks the one-graph baseline or checkpoint: export it with "
                            "`nanotrt export CKPT -o ART --whole`")
-    exit = exit or DEFAULT_EXIT[m.task_type]
+    # The artifact's calibrated default (chosen on held-out train rows) unless --exit: its dev metric here
+    # is then an honest one.
+    exit_source = "--exit" if exit else ("calibrated default_exit" if m.data.get("default_exit") else "built-in default")
+    exit = exit or m.data.get("default_exit") or DEFAULT_EXIT[m.task_type]
     int8 = "ort-int8" in m.variants
     fp32 = "ort-fp32" if "ort-fp32" in m.variants else "fp32"  # the built (optimized) graphs when present
-    report: dict[str, Any] = {"task": t.name, "artifact": str(art), "exit": exit, "budget": budget,
+    report: dict[str, Any] = {"task": t.name, "artifact": str(art), "exit": exit, "exit_source": exit_source,
+                              "exit_calibration": m.data.get("exit_calibration"), "budget": budget,
                               "batch_size": batch_size, "layers": m.num_layers, "machine": machine_info(),
                               "date": time.strftime("%Y-%m-%d %H:%M"), "results": {}}
     for name in tasks:
@@ -149,7 +155,7 @@ def print_table(report: dict[str, Any]) -> None:
 def to_markdown(report: dict[str, Any]) -> str:
     mi = report["machine"]
     lines = [f"# nanotrt bench: {report['task']}", "",
-             f"Exit policy `{report['exit']}`, memory budget `{report['budget']}`, {report['layers']} layers, "
+             f"Exit policy `{report['exit']}` ({report.get('exit_source', '--exit')}), memory budget `{report['budget']}`, {report['layers']} layers, "
              f"batch size 1 unless the row says otherwise. {report['date']}.", "",
              f"Machine: {mi['cpu']}, {mi['cores']} cores, Python {mi['python']}; "
              + ", ".join(f"{k} {v}" for k, v in mi["libraries"].items()), ""]
@@ -189,11 +195,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
         full = res["rows"][0]
         ax.axhline(100 * full["metric"], ls="--", lw=0.8, color="gray")
         for variant, pts in res["sweeps"].items():
-            for fam in ("patience", "entropy"):
+            for fam in ("patience", "entropy", "depth"):
                 sel = sorted((p for p in pts if p["exit"].startswith(fam)), key=lambda p: p["wall_speedup"])
                 if sel:
-                    ax.plot([p["wall_speedup"] for p in sel], [100 * p["metric"] for p in sel], marker="o",
-                            label=f"{name} {variant} {fam}")
+                    ax.plot([p["wall_speedup"] for p in sel], [100 * p["metric"] for p in sel],
+                            marker="s" if fam == "depth" else "o", ls=":" if fam == "depth" else "-",
+                            label=f"{name} {variant} {'fixed depth' if fam == 'depth' else fam}")
     ax.set_xlabel("measured wall-clock speedup vs PyTorch eager full depth (batch 1)")
     ax.set_ylabel(f"dev {next(iter(report['results'].values()))['metric']} (x100)")
     ax.set_title(f"nanotrt early exit: {report['task']}")

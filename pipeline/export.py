@@ -1,8 +1,11 @@
 """`nanotrt export`: cut an off-ramp model into per-graph ONNX files plus a manifest.
 
-Graphs: ``embeddings`` (input_ids[, token_type_ids] -> hidden_states), one ``layer_XX`` per unique layer
+Graphs: ``word_embeddings`` (a raw .npy table the runtime memory-maps and indexes on the host),
+``embeddings`` (inputs_embeds[, input_ids][, token_type_ids] -> hidden_states: positions, token types,
+LayerNorm; input_ids only for families whose embeddings need them), one ``layer_XX`` per unique layer
 (hidden_states, attention_mask -> hidden_states_out; the additive mask is built inside the graph so the
-runtime only ever feeds the [B, S] 0/1 mask), one ``ramp_XX`` per off-ramp (-> logits).
+runtime only ever feeds the [B, S] 0/1 mask), one ``ramp_XX`` per off-ramp (-> logits, plus exit_prob
+for models trained with a halting head), and with ``whole`` the one-graph baseline.
 Every graph passes onnx.checker (full), a Polygraphy sanity run, and a parity check against PyTorch.
 """
 
@@ -131,7 +134,7 @@ def _export_one(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, i
                 output_names: list[str]) -> None:
     axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "seq"} for n in input_names}
     for n in output_names:
-        axes[n] = {0: "batch"} if n == "logits" else {0: "batch", 1: "seq"}
+        axes[n] = {0: "batch"} if n in ("logits", "exit_prob") else {0: "batch", 1: "seq"}
     # The exporter restores the wrapper's train/eval mode recursively afterwards: a fresh wrapper is in
     # train mode and would switch dropout on in the whole model, so pin eval first.
     module.eval()
@@ -142,17 +145,9 @@ def _export_one(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, i
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
 
 
-def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 128,
-                 model: OffRampModel | None = None, check: bool = True,
-                 include_checkpoint: bool = True, whole: bool = False) -> Manifest:
-    """Export ``model_dir`` (HF dir or nanotrt checkpoint) to the artifact ``out_dir`` atomically."""
+def _load_tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
-    model_dir = Path(model_dir)
-    if model is None:
-        model = load_model(model_dir)
-    model.eval()
-    adapter, cfg = model.adapter, model.config
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, use_fast=True)
     except Exception as e:  # noqa: BLE001
@@ -160,99 +155,128 @@ def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 1
                            "copy the tokenizer files next to config.json") from None
     if not getattr(tok, "is_fast", False):
         raise NanotrtError(f"the tokenizer in '{model_dir}' has no fast (tokenizers) version to convert")
+    return tok
 
-    n = model.num_layers
-    groups = [adapter.layer_graph_index(cfg, i) for i in range(n)]
-    unique_groups = list(dict.fromkeys(groups))
-    vocab = int(cfg.vocab_size)
 
-    with atomic_dir(Path(out_dir)) as tmp, torch.no_grad(), progress() as bar:
-        task = bar.add_task("export", total=1 + len(unique_groups) + n + 1 + int(whole), info="tokenizer")
+class _Export:
+    """One export into the temporary dir ``tmp``: each step writes its graphs, checks them against
+    PyTorch on the same sample batch, and records them in the manifest."""
+
+    def __init__(self, model: OffRampModel, tok: Any, tmp: Path, max_length: int, check: bool, bar: Any,
+                 job: Any):
+        self.model, self.tok, self.tmp, self.check, self.bar, self.job = model, tok, tmp, check, bar, job
+        self.adapter, self.cfg = model.adapter, model.config
         (tmp / "graphs").mkdir()
-        tok.save_pretrained(str(tmp / "tokenizer"))
-        if not (tmp / "tokenizer" / "tokenizer.json").is_file():
-            tok.backend_tokenizer.save(str(tmp / "tokenizer" / "tokenizer.json"))
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-
         # Sample: a padded batch with a pair, so traced shapes and parity cover masks and token types.
         enc = tok([a for a, _ in SAMPLE_TEXTS], [b or "" for _, b in SAMPLE_TEXTS], padding=True,
                   truncation=True, max_length=max_length, return_tensors="pt", return_token_type_ids=True)
-        ids, mask, types = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
-        _, hiddens = model(ids, mask, types, return_hidden=True)
+        self.ids, self.mask, self.types = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+        _, self.hiddens = model(self.ids, self.mask, self.types, return_hidden=True)
+        self.manifest = self._new_manifest(max_length)
 
-        manifest = new_manifest(
-            tmp, family=cfg.model_type, num_layers=n, hidden_size=adapter.hidden_size(cfg),
+    def _new_manifest(self, max_length: int) -> Manifest:
+        tok, model, cfg = self.tok, self.model, self.cfg
+        tok.save_pretrained(str(self.tmp / "tokenizer"))
+        if not (self.tmp / "tokenizer" / "tokenizer.json").is_file():
+            tok.backend_tokenizer.save(str(self.tmp / "tokenizer" / "tokenizer.json"))
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        return new_manifest(
+            self.tmp, family=cfg.model_type, num_layers=model.num_layers, hidden_size=self.adapter.hidden_size(cfg),
             task=model.cfg.task, task_type=model.cfg.task_type, labels=model.cfg.labels,
             ramp=asdict(model.cfg), config=cfg.to_dict(),
             tokenizer={"file": "tokenizer/tokenizer.json", "max_length": max_length, "pad_id": int(pad_id),
-                       "pad_token": str(tok.pad_token), "token_types": adapter.has_token_types},
+                       "pad_token": str(tok.pad_token), "token_types": self.adapter.has_token_types},
             opset=OPSET,
         )
 
-        def finish(name: str, path: Path, role: str, index: int | None, feeds: dict[str, np.ndarray],
-                   ref: torch.Tensor) -> None:
-            ins, outs = _io_signature(path)  # read once: a BERT-base layer graph is 28 MB of protobuf
-            if check:
-                check_graph(path, vocab, ins)
-            out = _ort_run(path, feeds)[0]
-            diff = float(np.abs(out - ref.numpy()).max())
-            if diff > EXPORT_FAIL_ATOL:
-                raise NanotrtError(f"graph {name} differs from PyTorch by {diff:.2e} (> {EXPORT_FAIL_ATOL})")
-            manifest.add_graph(name, path, role=role, index=index, precision="fp32", format="onnx",
-                               inputs=ins, outputs=outs, parity_max_abs_diff=diff)
-            bar.advance(task)
+    def graph(self, name: str, module: nn.Module, args: dict[str, torch.Tensor], outputs: list[str],
+              refs: list[torch.Tensor], role: str, index: int | None) -> None:
+        """Export ``module`` as graphs/NAME.onnx, check it, compare every output with ``refs``, record it."""
+        path = self.tmp / "graphs" / f"{name}.onnx"
+        self.bar.update(self.job, info=name)
+        _export_one(module, tuple(args.values()), path, list(args), outputs)
+        ins, outs = _io_signature(path)  # read once: a BERT-base layer graph is 28 MB of protobuf
+        if self.check:
+            check_graph(path, int(self.cfg.vocab_size), ins)
+        got = _ort_run(path, {k: v.numpy() for k, v in args.items()})
+        diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, refs, strict=True))
+        if diff > EXPORT_FAIL_ATOL:
+            raise NanotrtError(f"graph {name} differs from PyTorch by {diff:.2e} (> {EXPORT_FAIL_ATOL})")
+        self.manifest.add_graph(name, path, role=role, index=index, precision="fp32", format="onnx",
+                                inputs=ins, outputs=outs, parity_max_abs_diff=diff)
+        self.bar.advance(self.job)
 
+    def embeddings(self) -> None:
         # Word embeddings: a raw float32 table the runtime memory-maps and indexes on the host, so only
         # the rows a batch touches become resident (BERT-base: 94 MB table, ~3 KB per token).
-        bar.update(task, info="embeddings")
-        table = adapter.word_embeddings(model.encoder).weight.detach().numpy().astype(np.float32)
-        np.save(tmp / "graphs" / "word_embeddings.npy", table)
-        manifest.add_graph("word_embeddings", tmp / "graphs" / "word_embeddings.npy", role="lookup", index=None,
-                           precision="fp32", format="npy", shape=list(table.shape))
-        sample = {"inputs_embeds": torch.from_numpy(table[ids.numpy()]), "input_ids": ids, "token_type_ids": types}
-        emb_inputs = ["inputs_embeds"] + (["input_ids"] if adapter.embeddings_need_ids else []) + (
-            ["token_type_ids"] if adapter.has_token_types else [])
-        p = tmp / "graphs" / "embeddings.onnx"
-        _export_one(_Embeddings(model, emb_inputs), tuple(sample[k] for k in emb_inputs), p, emb_inputs,
-                    ["hidden_states"])
-        finish("embeddings", p, "embeddings", None, {k: v.numpy() for k, v in sample.items()}, hiddens[0])
+        table = self.adapter.word_embeddings(self.model.encoder).weight.detach().numpy().astype(np.float32)
+        np.save(self.tmp / "graphs" / "word_embeddings.npy", table)
+        self.manifest.add_graph("word_embeddings", self.tmp / "graphs" / "word_embeddings.npy", role="lookup",
+                                index=None, precision="fp32", format="npy", shape=list(table.shape))
+        self.manifest.data["lookup"] = "word_embeddings"
+        sample = {"inputs_embeds": torch.from_numpy(table[self.ids.numpy()]), "input_ids": self.ids,
+                  "token_type_ids": self.types}
+        names = ["inputs_embeds"] + (["input_ids"] if self.adapter.embeddings_need_ids else []) + (
+            ["token_type_ids"] if self.adapter.has_token_types else [])
+        self.graph("embeddings", _Embeddings(self.model, names), {k: sample[k] for k in names}, ["hidden_states"],
+                   [self.hiddens[0]], "embeddings", None)
 
-        # layers: one graph per unique weight set (ALBERT: one for all layers)
-        for g in unique_groups:
+    def layers(self, groups: list[int]) -> None:
+        """One graph per unique weight set (ALBERT: one for all layers)."""
+        for g in dict.fromkeys(groups):
             i = groups.index(g)
-            name = f"layer_{g:02d}"
-            p = tmp / "graphs" / f"{name}.onnx"
-            bar.update(task, info=name)
-            _export_one(_Layer(model, i), (hiddens[i], mask), p, ["hidden_states", "attention_mask"],
-                        ["hidden_states_out"])
-            finish(name, p, "layer", g, {"hidden_states": hiddens[i].numpy(), "attention_mask": mask.numpy()},
-                   hiddens[i + 1])
+            self.graph(f"layer_{g:02d}", _Layer(self.model, i), {"hidden_states": self.hiddens[i],
+                       "attention_mask": self.mask}, ["hidden_states_out"], [self.hiddens[i + 1]], "layer", g)
 
-        for i in range(n):
-            name = f"ramp_{i:02d}"
-            p = tmp / "graphs" / f"{name}.onnx"
-            bar.update(task, info=name)
-            ramp = model.ramps[i]
-            _export_one(ramp, (hiddens[i + 1], mask), p, ["hidden_states", "attention_mask"], ["logits"])
-            finish(name, p, "ramp", i, {"hidden_states": hiddens[i + 1].numpy(), "attention_mask": mask.numpy()},
-                   ramp(hiddens[i + 1], mask))
+    def ramps(self) -> None:
+        exit_head = self.model.cfg.exit_head
+        outputs = ["logits", "exit_prob"] if exit_head else ["logits"]
+        for i in range(self.model.num_layers):
+            module = self.model.ramp_graph(i)
+            args = {"hidden_states": self.hiddens[i + 1], "attention_mask": self.mask}
+            ref = module(*args.values())
+            self.graph(f"ramp_{i:02d}", module, args, outputs, list(ref) if exit_head else [ref], "ramp", i)
 
-        if whole:  # not part of any schedule; bench runs it as the one-graph baseline
-            p = tmp / "graphs" / "whole.onnx"
-            _export_one(_Whole(model), (ids, mask, types), p, ["input_ids", "attention_mask", "token_type_ids"],
-                        ["logits"])
-            finish("whole", p, "whole", None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-                                               "token_type_ids": types.numpy()}, model.ramps[-1](hiddens[-1], mask))
-        manifest.data["lookup"] = "word_embeddings"
+    def whole(self) -> None:
+        """Not part of any schedule; bench runs it as the one-graph baseline."""
+        m = self.model
+        self.graph("whole", _Whole(m), {"input_ids": self.ids, "attention_mask": self.mask,
+                                        "token_type_ids": self.types}, ["logits"],
+                   [m.ramps[-1](self.hiddens[-1], self.mask)], "whole", None)
+
+    def finish(self, groups: list[int], include_checkpoint: bool) -> Manifest:
+        n = self.model.num_layers
         sched = Schedule("embeddings", [f"layer_{g:02d}" for g in groups], [f"ramp_{i:02d}" for i in range(n)])
-        manifest.set_variant("fp32", sched, backend="onnx", precision="fp32")
+        self.manifest.set_variant("fp32", sched, backend="onnx", precision="fp32")
         if include_checkpoint:
             # The PyTorch reference backend (and bench's eager baselines) rebuild the model from this;
             # it is not needed on the device.
-            save_checkpoint(model, tmp / "checkpoint", tokenizer_src=tmp / "tokenizer")
-            manifest.data["checkpoint"] = "checkpoint"
-        manifest.save(tmp)
-        bar.update(task, advance=1, info="done")
+            save_checkpoint(self.model, self.tmp / "checkpoint", tokenizer_src=self.tmp / "tokenizer")
+            self.manifest.data["checkpoint"] = "checkpoint"
+        self.manifest.save(self.tmp)
+        self.bar.update(self.job, advance=1, info="done")
+        return self.manifest
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 128,
+                 model: OffRampModel | None = None, check: bool = True,
+                 include_checkpoint: bool = True, whole: bool = False) -> Manifest:
+    """Export ``model_dir`` (HF dir or nanotrt checkpoint) to the artifact ``out_dir`` atomically."""
+    model_dir = Path(model_dir)
+    model = (model if model is not None else load_model(model_dir)).eval()
+    tok = _load_tokenizer(model_dir)
+    n = model.num_layers
+    groups = [model.adapter.layer_graph_index(model.config, i) for i in range(n)]
+    steps = 1 + len(set(groups)) + n + 1 + int(whole)
+    with atomic_dir(Path(out_dir)) as tmp, torch.no_grad(), progress() as bar:
+        job = bar.add_task("export", total=steps, info="tokenizer")
+        ex = _Export(model, tok, tmp, max_length, check, bar, job)
+        ex.embeddings()
+        ex.layers(groups)
+        ex.ramps()
+        if whole:
+            ex.whole()
+        manifest = ex.finish(groups, include_checkpoint)
     manifest.root = Path(out_dir)
-    console.print(f"exported {n} layers ({len(unique_groups)} layer graph(s)) to {out_dir}")
+    console.print(f"exported {n} layers ({len(set(groups))} layer graph(s)) to {out_dir}")
     return manifest

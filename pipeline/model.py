@@ -22,6 +22,7 @@ RAMP_CONFIG = "nanotrt.json"
 WEIGHTS = "model.safetensors"
 POOLINGS = ("cls", "mean")
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+EXIT_BIAS_INIT = -2.0
 
 
 @dataclass
@@ -33,6 +34,8 @@ class RampConfig:
     labels: list[str] = field(default_factory=list)
     task: str | None = None
     max_length: int = 128
+    exit_head: bool = False  # a learned halting head per ramp (``train --compute-penalty``): exit_prob output
+    holdout: dict[str, Any] = field(default_factory=dict)  # train rows kept out of training (calibrate-exit)
 
     @property
     def task_type(self) -> str:
@@ -55,7 +58,10 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
 
 
 class Ramp(nn.Module):
-    """Pool -> dense -> activation -> dropout -> linear, the DeeBERT/PABEE off-ramp shape."""
+    """Pool -> dense -> activation -> dropout -> linear, the DeeBERT/PABEE off-ramp shape.
+
+    With ``exit_head`` a second linear head reads the same (detached) features and scores "exit here"
+    (a halting logit): it learns when to stop without pulling the encoder towards its own objective."""
 
     def __init__(self, hidden: int, cfg: RampConfig):
         super().__init__()
@@ -64,10 +70,35 @@ class Ramp(nn.Module):
         self.dense = nn.Linear(hidden, hidden)
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(hidden, cfg.num_labels)
+        self.exit = nn.Linear(hidden + cfg.num_labels, 1) if cfg.exit_head else None
+        if self.exit is not None:  # start near "continue" (h = 0.12), as ACT does: no early collapse
+            nn.init.constant_(self.exit.bias, EXIT_BIAS_INIT)
+
+    def features(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, attention_mask)
+        return self.act(self.dense(x))
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, attention_mask)
-        return self.out(self.dropout(self.act(self.dense(x))))
+        return self.out(self.dropout(self.features(hidden, attention_mask)))
+
+    def forward_exit(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, labels], halting logit [B]); needs ``exit_head``."""
+        assert self.exit is not None, "this ramp has no exit head"
+        x = self.features(hidden, attention_mask)
+        logits = self.out(self.dropout(x))
+        return logits, self.exit(torch.cat([x, logits], -1).detach())[:, 0]
+
+
+class _RampExport(nn.Module):
+    """A ramp with its halting head as one graph: logits and exit_prob = sigmoid(halting logit)."""
+
+    def __init__(self, ramp: Ramp):
+        super().__init__()
+        self.ramp = ramp
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, halt = self.ramp.forward_exit(hidden, attention_mask)
+        return logits, torch.sigmoid(halt)
 
 
 class OffRampModel(nn.Module):
@@ -99,15 +130,29 @@ class OffRampModel(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         return_hidden: bool = False,
+        return_exit: bool = False,
     ) -> Any:
-        """Logits of every ramp (list, layer 1..N); with ``return_hidden`` also the hidden states."""
+        """Logits of every ramp (list, layer 1..N); with ``return_hidden`` also the hidden states; with
+        ``return_exit`` (exit-head models) also every ramp's halting logit [B] (list)."""
         h = self.embed(input_ids, token_type_ids)
-        hiddens, logits = [h], []
+        hiddens, logits, halts = [h], [], []
         for i in range(self.num_layers):
             h = self.layer(i, h, attention_mask)
             hiddens.append(h)
-            logits.append(self.ramps[i](h, attention_mask))
-        return (logits, hiddens) if return_hidden else logits
+            ramp: Any = self.ramps[i]
+            if return_exit:
+                lg, halt = ramp.forward_exit(h, attention_mask)
+                logits.append(lg)
+                halts.append(halt)
+            else:
+                logits.append(ramp(h, attention_mask))
+        out: tuple[Any, ...] = (logits,) + ((hiddens,) if return_hidden else ()) + ((halts,) if return_exit else ())
+        return out if len(out) > 1 else logits
+
+    def ramp_graph(self, i: int) -> nn.Module:
+        """The module exported as ramp ``i``: logits, plus exit_prob when the model has exit heads."""
+        ramp: Any = self.ramps[i]
+        return _RampExport(ramp) if self.cfg.exit_head else ramp
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +200,7 @@ def load_model(
     pooling: str | None = None,
     labels: list[str] | None = None,
     task: str | None = None,
+    exit_head: bool = False,
 ) -> OffRampModel:
     """Load a nanotrt checkpoint, or create an off-ramp model from a local HF model dir.
 
@@ -171,6 +217,8 @@ def load_model(
         from safetensors.torch import load_model as st_load
 
         rcfg = RampConfig(**json.loads((p / RAMP_CONFIG).read_text()))
+        if exit_head and not rcfg.exit_head:
+            raise NanotrtError(f"checkpoint '{p}' has no exit heads: train --compute-penalty from the base model")
         encoder = AutoModel.from_config(config, attn_implementation="eager")
         model = OffRampModel(encoder, rcfg)
         try:
@@ -207,6 +255,7 @@ def load_model(
         activation=head.activation if head else ("relu" if adapter.model_type == "distilbert" else "tanh"),
         labels=labels or default_labels,
         task=task,
+        exit_head=exit_head,
     )
     model = OffRampModel(encoder, rcfg)
     pooler: Any = adapter.pooler_dense(encoder)

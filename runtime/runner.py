@@ -17,7 +17,7 @@ import numpy as np
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.backend import Backend, get_backend
 from nanotrt.runtime.errors import NanotrtError
-from nanotrt.runtime.exits import ExitPolicy, parse_exit, softmax
+from nanotrt.runtime.exits import ExitPolicy, StepContext, bind_policy, parse_exit, softmax
 from nanotrt.runtime.residency import ResidencyCache, fmt_bytes, parse_size
 from nanotrt.runtime.tokenize import Tokenizer
 
@@ -75,13 +75,16 @@ def resolve_budget(text: str | int | None, manifest: Manifest, variant: str) -> 
 
 class Runner:
     def __init__(self, manifest: Manifest, backend: Backend, memory_budget: str | int | None = "all",
-                 exit: str | ExitPolicy | None = "none", variant: str | None = None, prefetch: bool = True,
+                 exit: str | ExitPolicy | None = None, variant: str | None = None, prefetch: bool = True,
                  precision: str = "fp32"):
         self.manifest = manifest
         self.backend = backend
         self.variant = variant or backend.variant_for(precision)
         self.schedule = manifest.schedule(self.variant)
-        self.policy = parse_exit(exit, manifest.task_type)
+        # exit=None: the artifact's calibrated default (`nanotrt calibrate-exit`), else full depth.
+        self.policy = parse_exit(manifest.data.get("default_exit", "none") if exit is None else exit,
+                                 manifest.task_type, manifest.num_layers)
+        self._bind_exit(manifest, backend)
         self.tokenizer = Tokenizer.from_manifest(manifest.root, manifest.tokenizer)
         self.n = manifest.num_layers
         self.labels = manifest.labels
@@ -98,9 +101,16 @@ class Runner:
         emb_inputs = [i["name"] for i in manifest.graphs[self.schedule.embeddings]["inputs"]]
         self._emb_inputs = emb_inputs
 
+    def _bind_exit(self, manifest: Manifest, backend: Backend) -> None:
+        """Ramp outputs the policy reads must exist; a deadline rule gets this device's profile."""
+        from nanotrt.runtime.profile import load_profile
+
+        outs = {o["name"] for o in manifest.graphs[self.schedule.ramps[0]].get("outputs", [])}
+        bind_policy(self.policy, outs, load_profile(manifest.root, self.variant, backend.name))
+
     @classmethod
     def from_artifact(cls, artifact: str | Path, backend: str | Backend = "onnxruntime",
-                      memory_budget: str | int | None = "all", exit: str | ExitPolicy | None = "none",
+                      memory_budget: str | int | None = "all", exit: str | ExitPolicy | None = None,
                       variant: str | None = None, prefetch: bool = True, precision: str = "fp32",
                       **backend_options: Any) -> Runner:
         manifest = Manifest.load(artifact)
@@ -145,13 +155,15 @@ class Runner:
             nxt = (ramp + 1) % len(self.cache.order)
             t = time.perf_counter()
             hidden = self._run(lay, {"hidden_states": hidden, "attention_mask": mask}, (ramp, nxt))["hidden_states_out"]
-            logits = self._run(ramp, {"hidden_states": hidden, "attention_mask": mask}, (nxt,))["logits"]
+            rout = self._run(ramp, {"hidden_states": hidden, "attention_mask": mask}, (nxt,))
+            logits = rout["logits"]
             dt = time.perf_counter() - t
             stats.layer_time_s[i] += dt
             stats.compute_s += dt
             stats.layers_executed += len(active)
             ramp_logits[active, i] = logits
-            stop = np.ones(len(active), bool) if i == self.n - 1 else self.policy.step(state, i, logits, active)
+            ctx = StepContext({k: v for k, v in rout.items() if k != "logits"}, mask.shape[1], t0)
+            stop = np.ones(len(active), bool) if i == self.n - 1 else self.policy.step(state, i, logits, active, ctx)
             if stop.any():
                 out_logits[active[stop]] = logits[stop]
                 out_layer[active[stop]] = i + 1

@@ -1,0 +1,216 @@
+"""`nanotrt profile`: measure this device's latency per graph over a batch x sequence grid.
+
+The profile lives next to the manifest (``profile-<variant>.json``) with the machine it was measured on;
+the deadline exit rule reads it to predict when the next layer would finish. Each graph is loaded once,
+run on synthetic inputs of every grid shape (warm-up, then ``repeats`` timed runs; median and p90 kept),
+and its load time recorded: under a memory budget smaller than the model, a step costs load + run.
+Device-side: numpy and the backend only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.backend import Backend
+from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.fsutil import write_json
+
+FORMAT = "nanotrt-profile"
+FORMAT_VERSION = 1
+BATCHES = (1, 4, 16)
+SEQS = (16, 32, 64, 128)
+WARMUP = 2
+
+
+def profile_path(root: str | Path, variant: str) -> Path:
+    return Path(root) / f"profile-{variant}.json"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers depend on: CPU model and count, OS, Python, the backend libraries."""
+    import importlib.metadata as md
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    libs = {}
+    for lib in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy"):
+        try:
+            libs[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            continue
+    return {"node": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "libraries": libs}
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    """Piecewise-linear in ``xs``, extended linearly beyond both ends (never below zero)."""
+    if len(xs) == 1:
+        return ys[0] * x / xs[0]
+    i = int(np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2))
+    t = (x - xs[i]) / (xs[i + 1] - xs[i])
+    return max(0.0, ys[i] + t * (ys[i + 1] - ys[i]))
+
+
+@dataclass
+class DeviceProfile:
+    data: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: Path) -> DeviceProfile:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise NanotrtError(f"cannot read the device profile {path} ({e}): re-run `nanotrt profile`") from None
+        if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
+            raise NanotrtError(f"{path} is not a nanotrt device profile of version {FORMAT_VERSION}: "
+                               "re-run `nanotrt profile`")
+        return cls(data)
+
+    def graph_seconds(self, name: str, batch: int, seq: int, stat: str = "p90_ms") -> float:
+        """Run time of one graph at (batch, seq), bilinear over the measured grid; plus its load time when
+        the profile was made under a budget that swaps engines."""
+        g = self.data["graphs"][name]
+        bs, ss = self.data["grid"]["batch"], self.data["grid"]["seq"]
+        per_batch = [_interp(seq, ss, [g["runs"][f"{b}x{s}"][stat] for s in ss]) for b in bs]
+        ms = _interp(batch, bs, per_batch)
+        if self.data.get("swapping"):
+            ms += g["load_ms"]
+        return ms / 1000.0
+
+    def step_seconds(self, layer: int, batch: int, seq: int) -> float:
+        """Predicted seconds for layer ``layer`` (0-based) and its ramp: the deadline rule's next step."""
+        s = self.data["schedule"]
+        return self.graph_seconds(s["layers"][layer], batch, seq) + self.graph_seconds(s["ramps"][layer], batch, seq)
+
+    def embeddings_seconds(self, batch: int, seq: int) -> float:
+        return self.graph_seconds(self.data["schedule"]["embeddings"], batch, seq)
+
+
+def load_profile(root: str | Path, variant: str, backend: str) -> DeviceProfile | None:
+    """The artifact's profile for ``variant`` on ``backend`` if one was made on this machine, else None
+    (a warning says why a profile was not used; the deadline rule then measures online)."""
+    path = profile_path(root, variant)
+    if not path.is_file():
+        return None
+    prof = DeviceProfile.read(path)
+    made, here = prof.data.get("machine", {}), machine()
+    if prof.data.get("backend") != backend or (made.get("cpu"), made.get("cores")) != (here["cpu"], here["cores"]):
+        warnings.warn(f"{path} was measured on another machine or backend ({made.get('cpu')}, "
+                      f"{prof.data.get('backend')}); the deadline rule measures online instead: re-run "
+                      "`nanotrt profile` here", stacklevel=2)
+        return None
+    return prof
+
+
+def _feeds(manifest: Manifest, name: str, batch: int, seq: int, rng: np.random.Generator,
+           table: np.ndarray | None) -> dict[str, np.ndarray]:
+    hidden = int(manifest.data["hidden_size"])
+    feeds: dict[str, np.ndarray] = {}
+    for inp in manifest.graphs[name].get("inputs", []):
+        n = inp["name"]
+        if n == "inputs_embeds":
+            width = table.shape[1] if table is not None else int(inp["shape"][-1])
+            feeds[n] = rng.standard_normal((batch, seq, width)).astype(np.float32) * 0.05
+        elif n in ("input_ids", "token_type_ids"):
+            feeds[n] = np.full((batch, seq), 5 if n == "input_ids" else 0, dtype=np.int64)
+        elif n == "attention_mask":
+            feeds[n] = np.ones((batch, seq), dtype=np.int64)
+        else:  # hidden_states
+            feeds[n] = rng.standard_normal((batch, seq, hidden)).astype(np.float32)
+    return feeds
+
+
+def measure(manifest: Manifest, backend: Backend, variant: str, swapping: bool, budget: str,
+            batches: tuple[int, ...] = BATCHES, seqs: tuple[int, ...] = SEQS, repeats: int = 10,
+            tick: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time every graph of ``variant``'s schedule over the grid; returns the profile document."""
+    sched = manifest.schedule(variant)
+    lookup = manifest.data.get("lookup")
+    table = np.load(manifest.verify(lookup), mmap_mode="r") if lookup else None
+    rng = np.random.default_rng(0)
+    backend.configure(swapping=swapping)
+    graphs: dict[str, Any] = {}
+    for name in sched.names():
+        t = time.perf_counter()
+        engine = backend.load(manifest, name)
+        load_ms = (time.perf_counter() - t) * 1000
+        runs = {}
+        try:
+            for b in batches:
+                for s in seqs:
+                    feeds = _feeds(manifest, name, b, s, rng, table)
+                    for _ in range(WARMUP):
+                        backend.run(engine, feeds)
+                    ts = []
+                    for _ in range(repeats):
+                        t = time.perf_counter()
+                        backend.run(engine, feeds)
+                        ts.append((time.perf_counter() - t) * 1000)
+                    runs[f"{b}x{s}"] = {"p50_ms": float(np.median(ts)), "p90_ms": float(np.percentile(ts, 90))}
+        finally:
+            backend.release(engine)
+        graphs[name] = {"load_ms": load_ms, "runs": runs}
+        if tick:
+            tick(name)
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "variant": variant, "backend": backend.name,
+            "memory_budget": budget, "swapping": swapping, "machine": machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "grid": {"batch": list(batches), "seq": list(seqs)},
+            "repeats": repeats, "schedule": {"embeddings": sched.embeddings, "layers": sched.layers,
+                                             "ramps": sched.ramps}, "graphs": graphs}
+
+
+def write_profile(manifest: Manifest, doc: dict[str, Any]) -> Path:
+    path = profile_path(manifest.root, doc["variant"])
+    write_json(path, doc)  # temp file + rename
+    return path
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        vals = ()
+    if not vals or vals[0] < 1:
+        raise NanotrtError(f"cannot read {what} '{text}': use positive integers separated by commas, e.g. 1,4,16")
+    return vals
+
+
+def run_profile(artifact: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
+                variant: str | None = None, memory_budget: str = "all", batches: str = "1,4,16",
+                seqs: str = "16,32,64,128", repeats: int = 10, threads: int | None = None,
+                tick: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Measure and write the device profile of ``artifact``; returns (path, document)."""
+    from nanotrt.runtime.backend import get_backend
+    from nanotrt.runtime.runner import resolve_budget
+
+    if repeats < 1:
+        raise NanotrtError("--repeats must be >= 1")
+    m = Manifest.load(artifact)
+    options: dict[str, Any] = {"threads": threads} if threads and backend == "onnxruntime" else {}
+    be = get_backend(backend, **options)
+    try:
+        v = variant or be.variant_for(precision)
+        sched = m.schedule(v)
+        budget = resolve_budget(memory_budget, m, v)
+        total = sum(int(m.graphs[n]["bytes"]) for n in sched.names())
+        doc = measure(m, be, v, budget is not None and budget < total, memory_budget,
+                      _ints(batches, "batch sizes"), _ints(seqs, "sequence lengths"), repeats, tick)
+    finally:
+        be.close()
+    return write_profile(m, doc), doc
