@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 from nanotrt.pipeline.model import OffRampModel, load_model, save_checkpoint
-from nanotrt.pipeline.progress import console, progress
 from nanotrt.runtime.artifact import Manifest, Schedule, new_manifest
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import atomic_dir
+from nanotrt.runtime.progress import console, progress
 from torch import nn
 
 OPSET = 17
