@@ -216,8 +216,12 @@ def profile(
 ) -> None:
     """Measure per-layer and per-ramp latency on this device; writes profile-VARIANT.json by the manifest."""
     from nanotrt.runtime.profile import run_profile
+    from nanotrt.runtime.progress import progress
 
-    path, doc = run_profile(artifact, backend, precision, variant, memory_budget, batches, seqs, repeats, threads)
+    with progress() as bar:
+        job = bar.add_task("profile", total=None, info="")
+        path, doc = run_profile(artifact, backend, precision, variant, memory_budget, batches, seqs, repeats,
+                                threads, tick=lambda name: bar.update(job, advance=1, info=name))
     s = doc["schedule"]
     step = [round(doc["graphs"][lay]["runs"][f"1x{doc['grid']['seq'][-1]}"]["p50_ms"]
                   + doc["graphs"][r]["runs"][f"1x{doc['grid']['seq'][-1]}"]["p50_ms"], 2)

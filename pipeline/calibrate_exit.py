@@ -117,7 +117,8 @@ class _Recorder(ExitPolicy):
     """Never exits; keeps each ramp's exit_prob (the runner returns every ramp's logits itself)."""
 
     def __init__(self, layers: int):
-        self.layers, self.chunks = layers, []  # type: ignore[var-annotated]
+        self.layers = layers
+        self.chunks: list[np.ndarray] = []
 
     def init(self, batch: int) -> dict[str, np.ndarray]:
         self.chunks.append(np.full((batch, self.layers), np.nan, dtype=np.float32))

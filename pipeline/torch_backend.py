@@ -63,9 +63,11 @@ class TorchBackend(Backend):
                 return {"hidden_states_out": m.layer(i, t(f["hidden_states"]), t(f["attention_mask"]))}
         elif role == "ramp":
             module = m.ramps[idx]
+            graph = m.ramp_graph(idx)  # logits, plus exit_prob for models with halting heads
 
             def fn(f: dict[str, np.ndarray]) -> dict[str, Any]:
-                return {"logits": module(t(f["hidden_states"]), t(f["attention_mask"]))}
+                out = graph(t(f["hidden_states"]), t(f["attention_mask"]))
+                return dict(zip(("logits", "exit_prob"), out, strict=True)) if m.cfg.exit_head else {"logits": out}
         else:
             raise NanotrtError(f"the torch backend cannot run graph role '{role}'")
         nbytes = sum(p.numel() * p.element_size() for p in module.parameters())

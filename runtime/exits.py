@@ -206,15 +206,18 @@ class Patience(ExitPolicy):
 @dataclass
 class Deadline(ExitPolicy):
     """Stop at the deepest ramp whose predicted finish fits ``seconds`` after the batch started; with
-    ``rule``, stop earlier when that rule says so. The next layer's cost comes from a device profile
-    (``nanotrt profile``) when one is bound, else from this run's own measurements (the slowest of the
-    last layer interval and the running mean over earlier batches)."""
+    ``rule``, stop earlier when that rule says so.
+
+    The next step's cost (layer + ramp) comes from the device profile (``nanotrt profile``) when one is
+    bound, plus a running correction: the mean amount by which measured steps exceeded the profile here
+    (runner overhead, other load). Without a profile it is the running mean of measured steps. Every step
+    updates the estimate (layer 1's interval counts the embeddings too), so a slow start is forgotten."""
 
     seconds: float = 0.008
     rule: ExitPolicy | None = None
-    predict: Callable[[int, int, int], float] | None = None  # (layer, batch, seq) -> seconds; the profile
-    _mean: float = 0.0  # online mean of one layer+ramp interval (layers >= 2), across batches
-    _seen: int = 0
+    profile: Any = None  # step_seconds(layer, batch, seq) [, embeddings_seconds(batch, seq)]
+    alpha: float = 0.2  # weight of the newest measurement in the running estimate
+    _est: float = float("nan")  # online: mean step seconds; with a profile: mean excess over it
 
     @property
     def spec(self) -> str:  # type: ignore[override]
@@ -234,16 +237,22 @@ class Deadline(ExitPolicy):
         state["_last"] = np.full(1, np.nan)  # clock at the previous step of this batch
         return state
 
+    def _predicted(self, layer: int, rows: int, seq: int) -> float:
+        """Profile time of step ``layer`` (layer 0 includes the embeddings)."""
+        t = float(self.profile.step_seconds(layer, rows, seq))
+        if layer == 0 and hasattr(self.profile, "embeddings_seconds"):
+            t += float(self.profile.embeddings_seconds(rows, seq))
+        return t
+
     def next_cost(self, state: dict[str, np.ndarray], layer: int, rows: int, ctx: StepContext, now: float) -> float:
-        """Predicted seconds to run layer ``layer + 1`` and its ramp."""
-        if self.predict is not None:
-            return self.predict(layer + 1, rows, ctx.seq)
+        """Update the running estimate with the step just measured; predict seconds for step ``layer + 1``."""
         last = float(state["_last"][0])
-        interval = now - (ctx.started if math.isnan(last) else last)  # layer 0's includes the embeddings
-        if not math.isnan(last):
-            self._seen += 1
-            self._mean += (interval - self._mean) / self._seen
-        return max(interval, self._mean)
+        measured = now - (ctx.started if math.isnan(last) else last)
+        sample = measured - self._predicted(layer, rows, ctx.seq) if self.profile is not None else measured
+        self._est = sample if math.isnan(self._est) else self._est + self.alpha * (sample - self._est)
+        if self.profile is None:
+            return self._est
+        return float(self.profile.step_seconds(layer + 1, rows, ctx.seq)) + max(0.0, self._est)
 
     def step(self, state: dict[str, np.ndarray], layer: int, logits: np.ndarray, rows: np.ndarray,
              ctx: StepContext | None = None) -> np.ndarray:
@@ -346,4 +355,4 @@ def bind_policy(policy: ExitPolicy, ramp_outputs: set[str], profile: Any | None 
         raise NanotrtError(f"exit policy '{policy.spec}' needs the ramp output(s) {', '.join(missing)}, which "
                            "this artifact lacks: train with --compute-penalty and re-export")
     if isinstance(policy, Deadline) and profile is not None:
-        policy.predict = profile.step_seconds
+        policy.profile = profile

@@ -172,13 +172,13 @@ def test_profile_writes_grid_and_feeds_the_deadline_rule(artifacts: dict[str, Pa
     prof = DeviceProfile(saved)
     assert prof.step_seconds(0, 1, 12) > 0
     with Runner.from_artifact(art, exit="patience=1,deadline=50ms") as r:
-        assert isinstance(r.policy, Deadline) and r.policy.predict is not None  # the profile is used
+        assert isinstance(r.policy, Deadline) and r.policy.profile is not None  # the profile is used
         res = r.predict(["a short text", "another"], batch_size=1)
         assert (res.exit_layers >= 1).all()
     saved["machine"]["cpu"] = "another CPU"
     path.write_text(json.dumps(saved))
     with pytest.warns(UserWarning, match="another machine"), Runner.from_artifact(art, exit="deadline=50ms") as r:
-        assert r.policy.predict is None  # measured online instead
+        assert r.policy.profile is None  # measured online instead
 
 
 def test_deadline_in_the_runner_cuts_depth(artifacts: dict[str, Path]) -> None:

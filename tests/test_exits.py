@@ -104,10 +104,13 @@ def test_durations():
 
 
 class FakeProfile:
-    """2 ms per layer+ramp at batch 1, +1 ms per extra row; the deadline rule only sees step_seconds."""
+    """Embeddings 1 ms; 2 ms per layer+ramp at batch 1, +1 ms per extra row."""
 
     def step_seconds(self, layer: int, batch: int, seq: int) -> float:
         return 0.002 + 0.001 * (batch - 1)
+
+    def embeddings_seconds(self, batch: int, seq: int) -> float:
+        return 0.001
 
 
 def test_deadline_with_a_fake_profile_stops_at_the_deepest_layer_that_fits():
@@ -141,9 +144,22 @@ def test_deadline_batch_cost_grows_with_rows():
 
 
 def test_deadline_online_without_profile_uses_measured_intervals():
-    pol = parse_exit("deadline=10ms")
+    pol = parse_exit("deadline=10.5ms")
     ramps = np.zeros((1, 6, 2), np.float32)
     clock = lambda i, active: StepContext(seq=16, started=0.0, now=0.002 * (i + 1))  # noqa: E731
     # steps of 2 ms measured online: after layer 4 (8 ms) the next ends at 10 ms (fits); after 5 it would not
     assert walk(pol, ramps, ctxs=clock) == [5]
-    assert walk(pol, ramps, ctxs=lambda i, a: None) == [6]  # no context (offline replay): the rule alone
+    # a slow first batch (engine loads: 20 ms steps) is forgotten within a few batches, never locks in
+    slow = lambda i, active: StepContext(seq=16, started=0.0, now=0.020 * (i + 1))  # noqa: E731
+    assert walk(pol, ramps, ctxs=slow) == [1]
+    assert [walk(pol, ramps, ctxs=clock)[0] for _ in range(30)][-1] == 5
+
+
+def test_deadline_profile_is_corrected_by_measured_overhead():
+    pol = parse_exit("deadline=9ms")
+    bind_policy(pol, {"logits"}, FakeProfile())  # the profile says 1 ms + 2 ms per step
+    ramps = np.zeros((1, 6, 2), np.float32)
+    slow = lambda i, active: StepContext(seq=16, started=0.0, now=0.001 + 0.003 * (i + 1))  # noqa: E731
+    # steps really take 3 ms (overhead the profile does not see). Trusting the profile alone would run
+    # layer 3 (7 ms + 2 predicted = 9: fits) and finish at 10 ms; the measured 1 ms excess stops at 2.
+    assert [walk(pol, ramps, ctxs=slow)[0] for _ in range(5)] == [2] * 5
