@@ -209,15 +209,18 @@ class Deadline(ExitPolicy):
     ``rule``, stop earlier when that rule says so.
 
     The next step's cost (layer + ramp) comes from the device profile (``nanotrt profile``) when one is
-    bound, plus a running correction: the mean amount by which measured steps exceeded the profile here
-    (runner overhead, other load). Without a profile it is the running mean of measured steps. Every step
+    bound, plus a running correction: the amount by which measured steps exceed the profile here (runner
+    overhead, other load). Without a profile it is the measured step time itself. Both are exponentially
+    weighted mean + ``margin`` standard deviations, so jitter makes the rule more careful. Every step
     updates the estimate (layer 1's interval counts the embeddings too), so a slow start is forgotten."""
 
     seconds: float = 0.008
     rule: ExitPolicy | None = None
     profile: Any = None  # step_seconds(layer, batch, seq) [, embeddings_seconds(batch, seq)]
     alpha: float = 0.2  # weight of the newest measurement in the running estimate
+    margin: float = 2.0  # predict mean + margin * std of the measurements: the deadline is about the tail
     _est: float = float("nan")  # online: mean step seconds; with a profile: mean excess over it
+    _var: float = 0.0
 
     @property
     def spec(self) -> str:  # type: ignore[override]
@@ -249,10 +252,16 @@ class Deadline(ExitPolicy):
         last = float(state["_last"][0])
         measured = now - (ctx.started if math.isnan(last) else last)
         sample = measured - self._predicted(layer, rows, ctx.seq) if self.profile is not None else measured
-        self._est = sample if math.isnan(self._est) else self._est + self.alpha * (sample - self._est)
+        if math.isnan(self._est):
+            self._est = sample
+        else:  # exponentially weighted mean and variance
+            diff = sample - self._est
+            self._est += self.alpha * diff
+            self._var = (1 - self.alpha) * (self._var + self.alpha * diff * diff)
+        guard = self._est + self.margin * math.sqrt(self._var)
         if self.profile is None:
-            return self._est
-        return float(self.profile.step_seconds(layer + 1, rows, ctx.seq)) + max(0.0, self._est)
+            return guard
+        return float(self.profile.step_seconds(layer + 1, rows, ctx.seq)) + max(0.0, guard)
 
     def step(self, state: dict[str, np.ndarray], layer: int, logits: np.ndarray, rows: np.ndarray,
              ctx: StepContext | None = None) -> np.ndarray:
