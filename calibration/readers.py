@@ -16,6 +16,7 @@ import numpy as np
 from nanotrt.pipeline.glue import read_split
 from nanotrt.pipeline.progress import progress
 from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.tokenize import Tokenizer
 
 Feeds = dict[str, np.ndarray]
@@ -62,6 +63,9 @@ def collect(artifact: Manifest, task: str, size: int = 512, batch_size: int = 16
             variant: str = "fp32") -> CalibrationSet:
     """Run the FP32 graphs on ``size`` train sentences of ``task`` and keep every graph's inputs."""
     import onnxruntime as ort
+
+    if size < 1:
+        raise NanotrtError(f"calibration size {size} is too small: use --calib-size N with N >= 1 (default 512)")
 
     split = read_split(task, "train", data_dir, limit=size)
     tok = Tokenizer.from_manifest(artifact.root, artifact.tokenizer)

@@ -6,9 +6,10 @@ Errors the user can fix (NanotrtError) print as one line and exit with status 2,
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -266,12 +267,38 @@ def demo(
          f"{s.cache['peak_resident_bytes'] / 1e6:.1f} MB, avg exit layer {s.avg_exit_layer:.2f}")
 
 
-def main() -> None:
+def _click_exceptions() -> Any:
     try:
-        app()
+        from typer._click import exceptions  # typer >= 0.2x vendors click
+    except ImportError:  # older typer: click itself
+        from click import exceptions
+    return exceptions
+
+
+def main() -> None:
+    ce = _click_exceptions()
+    try:
+        # Not standalone: click's usage errors come here and print as one line like every other error.
+        rv = app(standalone_mode=False)
+    except ce.NoArgsIsHelpError as e:  # bare `nanotrt` / `nanotrt CMD`: show the help
+        e.show()
+        raise SystemExit(2) from None
+    except ce.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        typer.echo(f"error: {e.format_message()}{hint}", err=True)
+        raise SystemExit(2) from None
+    except ce.ClickException as e:
+        typer.echo(f"error: {e.format_message()}", err=True)
+        raise SystemExit(e.exit_code) from None
+    except typer.Abort:  # EOF on a prompt
+        raise SystemExit(1) from None
+    except BrokenPipeError:  # `nanotrt predict ... | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush stays quiet
+        raise SystemExit(1) from None
     except NanotrtError as e:
         typer.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise SystemExit(130) from None
+    raise SystemExit(rv if isinstance(rv, int) else 0)

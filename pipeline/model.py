@@ -181,6 +181,11 @@ def load_tokenizer(model_dir: str | Path, vocab_size: int | None = None) -> Any:
                            "copy the tokenizer files next to config.json") from None
     if not getattr(tok, "is_fast", False):
         raise NanotrtError(f"the tokenizer in '{model_dir}' has no fast (tokenizers) version to convert")
+    # transformers builds an empty tokenizer (special tokens only) when the vocab files are absent.
+    if vocab_size is not None and len(tok) < vocab_size // 2:
+        raise NanotrtError(f"the tokenizer in '{model_dir}' has only {len(tok)} tokens for a model with vocab_size "
+                           f"{vocab_size}: its vocab files are missing or belong to another model; copy this model's "
+                           "own tokenizer files next to config.json")
     if vocab_size is not None and len(tok) > vocab_size:
         raise NanotrtError(f"the tokenizer in '{model_dir}' has {len(tok)} tokens but the model's vocab_size is "
                            f"{vocab_size}: it belongs to another model; copy this model's own tokenizer files")
@@ -206,6 +211,8 @@ def load_model(
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     p = _check_local_dir(model_dir)
+    if num_labels is not None and num_labels < 1:
+        raise NanotrtError(f"num_labels {num_labels} is out of range: use 1 (regression) or more")
     config = _read_hf_config(p)
     config._attn_implementation = "eager"  # additive masks; exports cleanly and lets ORT fuse Attention
 

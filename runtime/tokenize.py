@@ -65,10 +65,12 @@ class Tokenizer:
 
 
 def check_texts(texts: Sequence[str], what: str = "text") -> None:
-    """Refuse non-strings and empty / whitespace-only strings, naming the first one (0-based index)."""
+    """Refuse non-strings and empty / whitespace-only strings, naming the first one (0-based index in the
+    batch the runner tokenizes; the CLI checks its inputs earlier, by line number)."""
     for i, t in enumerate(texts):
+        where = what if len(texts) == 1 else f"{what} {i} of {len(texts)} in this batch"
         if not isinstance(t, str):
-            raise NanotrtError(f"{what} {i} is a {type(t).__name__}, not a string: pass text")
+            raise NanotrtError(f"{where} is a {type(t).__name__}, not a string: pass text")
         if not t.strip():
-            raise NanotrtError(f"{what} {i} is empty (or only whitespace): there is nothing to classify; "
+            raise NanotrtError(f"{where} is empty (or only whitespace): there is nothing to classify; "
                                "drop it or give it some text")
