@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.fsutil import DISK_FULL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Per-layer engines, memory-budget streaming and early exit for BERT-family classifiers.")
@@ -297,6 +298,12 @@ def main() -> None:
         raise SystemExit(1) from None
     except NanotrtError as e:
         typer.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        typer.echo(f"error: no space left on the device ({e.filename or 'while writing'}): free some space and run "
+                   "again; outputs are written to temporary files first, so nothing was half-written", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
