@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from nanotrt.pipeline.glue import read_split
+from nanotrt.pipeline.glue import Split, read_split
 from nanotrt.pipeline.progress import progress
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.errors import NanotrtError
@@ -59,15 +59,33 @@ def _pad_seq(a: np.ndarray, width: int) -> np.ndarray:
     return np.pad(a, pad)
 
 
+def sample_split(task: str, size: int, data_dir: str | Path | None = None, seed: int | None = None) -> Split:
+    """``size`` train examples: the first ones in file order (``seed`` None), or a random sample drawn with
+    numpy's PCG64 from ``seed`` (the same sentences on every machine and numpy version)."""
+    if size < 1:
+        raise NanotrtError(f"calibration size {size} is too small: use --calib-size N with N >= 1 (default 512)")
+    if seed is None:
+        return read_split(task, "train", data_dir, limit=size)
+    full = read_split(task, "train", data_dir)
+    idx = np.sort(np.random.Generator(np.random.PCG64(seed)).permutation(len(full))[:size])
+    return Split(full.task, [full.texts[i] for i in idx], [full.pairs[i] for i in idx] if full.pairs else None,
+                 full.labels[idx], full.skipped)
+
+
+def batch_order(split: Split) -> np.ndarray:
+    """Length-sorted order, ties in file order. A *stable* sort: numpy's default argsort breaks ties in an
+    implementation-defined order (it differs across numpy versions and SIMD dispatch), which changed the
+    calibration batches, hence their padding and activation ranges, hence the INT8 graphs, between machines."""
+    return np.argsort([len(t) + len(p) for t, p in zip(split.texts, split.pairs or [""] * len(split), strict=True)],
+                      kind="stable")
+
+
 def collect(artifact: Manifest, task: str, size: int = 512, batch_size: int = 16, data_dir: str | Path | None = None,
-            variant: str = "fp32") -> CalibrationSet:
+            variant: str = "fp32", seed: int | None = None) -> CalibrationSet:
     """Run the FP32 graphs on ``size`` train sentences of ``task`` and keep every graph's inputs."""
     import onnxruntime as ort
 
-    if size < 1:
-        raise NanotrtError(f"calibration size {size} is too small: use --calib-size N with N >= 1 (default 512)")
-
-    split = read_split(task, "train", data_dir, limit=size)
+    split = sample_split(task, size, data_dir, seed)
     tok = Tokenizer.from_manifest(artifact.root, artifact.tokenizer)
     sched = artifact.schedule(variant)
     table = np.load(artifact.verify(artifact.data["lookup"]), mmap_mode="r")
@@ -81,7 +99,7 @@ def collect(artifact: Manifest, task: str, size: int = 512, batch_size: int = 16
     out = CalibrationSet(task, "train", len(split))
     for n in sched.names():
         out.feeds[n] = []
-    order = np.argsort([len(t) + len(p) for t, p in zip(split.texts, split.pairs or [""] * len(split), strict=True)])
+    order = batch_order(split)
     with progress() as bar:
         job = bar.add_task("calibration data", total=len(order), info=f"{task} train")
         for s in range(0, len(order), batch_size):

@@ -6,8 +6,10 @@ Checkpoints are safetensors + JSON (``config.json`` of the encoder, ``nanotrt.js
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -202,8 +204,13 @@ def load_model(
     pooling: str | None = None,
     labels: list[str] | None = None,
     task: str | None = None,
+    init_seed: int | None = 0,
 ) -> OffRampModel:
     """Load a nanotrt checkpoint, or create an off-ramp model from a local HF model dir.
+
+    Weights a plain HF dir does not have (new ramps, a missing pooler) are initialised from ``init_seed``
+    without touching the global RNG, so exporting the same dir twice gives byte-identical graphs; None uses
+    the global RNG (training seeds it itself).
 
     A ``...ForSequenceClassification`` checkpoint's classifier becomes the last ramp; its pooler (where
     the family has one) initialises the dense layer of every ramp.
@@ -243,42 +250,53 @@ def load_model(
     archs = getattr(config, "architectures", None) or []
     is_cls = any(a.endswith("ForSequenceClassification") for a in archs)
     kw: dict[str, Any] = {"local_files_only": True, "attn_implementation": "eager"}
-    n = (num_labels or config.num_labels) if is_cls else (num_labels or 2)
-    try:
-        if is_cls:
-            hf = AutoModelForSequenceClassification.from_pretrained(
-                str(p), num_labels=n, ignore_mismatched_sizes=n != config.num_labels, **kw)
-            encoder = hf.base_model
-        else:
-            hf = None
-            encoder = AutoModel.from_pretrained(str(p), **kw)
-    except Exception as e:  # noqa: BLE001 - missing / truncated / mismatched weights -> one clear line
-        raise _weights_error(p, e) from None
-    id2label = getattr(config, "id2label", None) or {}
-    default_labels = ([id2label.get(i, str(i)) for i in range(n)] if n > 1 else ["score"]) if is_cls else []
-    adapter = get_adapter(config.model_type)
-    head: Any = adapter.classifier_head(hf) if hf is not None else None
-    rcfg = RampConfig(
-        num_labels=n,
-        pooling=pooling or default_pooling(p),
-        activation=head.activation if head else ("relu" if adapter.model_type == "distilbert" else "tanh"),
-        labels=labels or default_labels,
-        task=task,
-    )
-    model = OffRampModel(encoder, rcfg)
-    pooler: Any = adapter.pooler_dense(encoder)
-    with torch.no_grad():
-        for ramp in model.ramps:
-            ramp = cast(Ramp, ramp)
-            if pooler is not None:  # a pretrained pooler is a better start than random init
-                ramp.dense.load_state_dict(pooler.state_dict())
-        if head is not None:
-            last: Any = model.ramps[-1]
-            if head.dense is not None:
-                last.dense.load_state_dict(head.dense.state_dict())
-            if head.out.out_features == n:
-                last.out.load_state_dict(head.out.state_dict())
+    with _seeded(init_seed):
+        n = (num_labels or config.num_labels) if is_cls else (num_labels or 2)
+        try:
+            if is_cls:
+                hf = AutoModelForSequenceClassification.from_pretrained(
+                    str(p), num_labels=n, ignore_mismatched_sizes=n != config.num_labels, **kw)
+                encoder = hf.base_model
+            else:
+                hf = None
+                encoder = AutoModel.from_pretrained(str(p), **kw)
+        except Exception as e:  # noqa: BLE001 - missing / truncated / mismatched weights -> one clear line
+            raise _weights_error(p, e) from None
+        id2label = getattr(config, "id2label", None) or {}
+        default_labels = ([id2label.get(i, str(i)) for i in range(n)] if n > 1 else ["score"]) if is_cls else []
+        adapter = get_adapter(config.model_type)
+        head: Any = adapter.classifier_head(hf) if hf is not None else None
+        rcfg = RampConfig(
+            num_labels=n,
+            pooling=pooling or default_pooling(p),
+            activation=head.activation if head else ("relu" if adapter.model_type == "distilbert" else "tanh"),
+            labels=labels or default_labels,
+            task=task,
+        )
+        model = OffRampModel(encoder, rcfg)
+        pooler: Any = adapter.pooler_dense(encoder)
+        with torch.no_grad():
+            for ramp in model.ramps:
+                ramp = cast(Ramp, ramp)
+                if pooler is not None:  # a pretrained pooler is a better start than random init
+                    ramp.dense.load_state_dict(pooler.state_dict())
+            if head is not None:
+                last: Any = model.ramps[-1]
+                if head.dense is not None:
+                    last.dense.load_state_dict(head.dense.state_dict())
+                if head.out.out_features == n:
+                    last.out.load_state_dict(head.out.state_dict())
     return model.eval()
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def default_pooling(model_dir: Path) -> str:

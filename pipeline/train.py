@@ -154,7 +154,7 @@ def train(model_dir: str | Path, out_dir: str | Path, cfg: TrainConfig) -> dict[
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
     model = load_model(model_dir, num_labels=task.num_labels, pooling=cfg.pooling,
-                       labels=list(task.labels) or ["score"], task=task.name)
+                       labels=list(task.labels) or ["score"], task=task.name, init_seed=None)
     if model.cfg.num_labels != task.num_labels:
         raise NanotrtError(f"'{model_dir}' has {model.cfg.num_labels} labels but {task.name} needs {task.num_labels}")
     model.cfg.max_length = cfg.max_length
