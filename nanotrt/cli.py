@@ -269,11 +269,12 @@ def demo(
 
 
 def _click_exceptions() -> Any:
+    import importlib
+
     try:
-        from typer._click import exceptions  # typer >= 0.2x vendors click
+        return importlib.import_module("typer._click.exceptions")  # typer >= 0.2x vendors click
     except ImportError:  # older typer: click itself
-        from click import exceptions
-    return exceptions
+        return importlib.import_module("click.exceptions")
 
 
 def main() -> None:
