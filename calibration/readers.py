@@ -8,15 +8,14 @@ The same feeds serve ONNX Runtime's quantize_static and TensorRT's legacy calibr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-from nanotrt.pipeline.glue import Split, read_split
-from nanotrt.pipeline.progress import progress
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.progress import progress
 from nanotrt.runtime.tokenize import Tokenizer
 
 Feeds = dict[str, np.ndarray]
@@ -59,33 +58,35 @@ def _pad_seq(a: np.ndarray, width: int) -> np.ndarray:
     return np.pad(a, pad)
 
 
-def sample_split(task: str, size: int, data_dir: str | Path | None = None, seed: int | None = None) -> Split:
-    """``size`` train examples: the first ones in file order (``seed`` None), or a random sample drawn with
-    numpy's PCG64 from ``seed`` (the same sentences on every machine and numpy version)."""
-    if size < 1:
-        raise NanotrtError(f"calibration size {size} is too small: use --calib-size N with N >= 1 (default 512)")
-    if seed is None:
-        return read_split(task, "train", data_dir, limit=size)
-    full = read_split(task, "train", data_dir)
-    idx = np.sort(np.random.Generator(np.random.PCG64(seed)).permutation(len(full))[:size])
-    return Split(full.task, [full.texts[i] for i in idx], [full.pairs[i] for i in idx] if full.pairs else None,
-                 full.labels[idx], full.skipped)
+class Sentences(Protocol):
+    """What calibration reads (a GLUE ``Split`` fits): texts and, for pair tasks, their second sentences.
+    The caller reads the data, so calibration does not depend on the GLUE readers (offline side)."""
+
+    @property
+    def texts(self) -> Sequence[str]: ...
+
+    @property
+    def pairs(self) -> Sequence[str] | None: ...
+
+    def __len__(self) -> int: ...
 
 
-def batch_order(split: Split) -> np.ndarray:
+def batch_order(split: Sentences) -> np.ndarray:
     """Length-sorted order, ties in file order. A *stable* sort: numpy's default argsort breaks ties in an
-    implementation-defined order (it differs across numpy versions and SIMD dispatch), which changed the
-    calibration batches, hence their padding and activation ranges, hence the INT8 graphs, between machines."""
+    implementation-defined order (it can differ across numpy versions and SIMD dispatch), and the tie order
+    decides the calibration batches, hence their padding and activation ranges, hence the INT8 graphs."""
     return np.argsort([len(t) + len(p) for t, p in zip(split.texts, split.pairs or [""] * len(split), strict=True)],
                       kind="stable")
 
 
-def collect(artifact: Manifest, task: str, size: int = 512, batch_size: int = 16, data_dir: str | Path | None = None,
-            variant: str = "fp32", seed: int | None = None) -> CalibrationSet:
-    """Run the FP32 graphs on ``size`` train sentences of ``task`` and keep every graph's inputs."""
+def collect(artifact: Manifest, split: Sentences, task: str, batch_size: int = 16,
+            variant: str = "fp32") -> CalibrationSet:
+    """Run the FP32 graphs on the sentences of ``split`` (a train split) and keep every graph's inputs."""
     import onnxruntime as ort
 
-    split = sample_split(task, size, data_dir, seed)
+    if len(split) == 0:
+        raise NanotrtError("no calibration sentences: use --calib-size N with N >= 1 (default 512)")
+
     tok = Tokenizer.from_manifest(artifact.root, artifact.tokenizer)
     sched = artifact.schedule(variant)
     table = np.load(artifact.verify(artifact.data["lookup"]), mmap_mode="r")

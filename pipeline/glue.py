@@ -115,7 +115,7 @@ def read_split(task: Task | str, split: str = "dev", data_dir: str | Path | None
                limit: int | None = None) -> Split:
     task = get_task(task) if isinstance(task, str) else task
     if limit is not None and limit < 1:
-        raise NanotrtError(f"limit {limit} reads no examples: use a positive number (or none for all)")
+        raise NanotrtError(f"asked for {limit} {task.name} examples: use a positive number (or none for all)")
     path = task_file(task, split, data_dir)
     try:
         return _read_rows(task, path, limit)
