@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1_000)
     ap.add_argument("--budget", default="2layers")
     ap.add_argument("--exit", default="patience=3")
-    ap.add_argument("--variant", default="fp32")
+    ap.add_argument("--variant", default="ort-fp32", help="the built FP32 graphs (fast loads), as bench uses")
     ap.add_argument("--out", default=str(OUT / "soak"))
     args = ap.parse_args()
 
