@@ -25,13 +25,16 @@ FIX = Path(__file__).parent / "fixtures" / "glue"
 
 # The driver: reads [[argv, stdin_path], ...] and prints [[rc, stdout, stderr], ...] as JSON.
 DRIVER = r"""
-import json, os, sys
+import json, os, sys, time
 import nanotrt.cli, nanotrt.pipeline.export, nanotrt.pipeline.train, nanotrt.pipeline.build  # noqa: F401
 import onnxruntime  # noqa: F401
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
+import transformers.models.bert.modeling_bert, transformers.models.roberta.modeling_roberta  # noqa: F401
 cases, out_dir = json.load(open(sys.argv[1])), sys.argv[2]
 results = []
 for k, (argv, stdin) in enumerate(cases):
     paths = [os.path.join(out_dir, f"{k}.{s}") for s in ("out", "err")]
+    t0 = time.perf_counter()
     pid = os.fork()
     if pid == 0:
         fds = [os.open(stdin or os.devnull, os.O_RDONLY)] + [os.open(p, os.O_WRONLY | os.O_CREAT) for p in paths]
@@ -50,7 +53,7 @@ for k, (argv, stdin) in enumerate(cases):
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     rc = os.waitstatus_to_exitcode(status)
-    results.append([rc, *(open(p, errors="replace").read() for p in paths)])
+    results.append([rc, *(open(p, errors="replace").read() for p in paths), round(time.perf_counter() - t0, 2)])
 print(json.dumps(results))
 """
 
@@ -365,7 +368,9 @@ def outcomes(artifacts: dict[str, Path], tiny_dirs: dict[str, Path],
                        capture_output=True, text=True, timeout=900, cwd=root)
     assert p.returncode == 0, p.stderr[-3000:]
     results = json.loads(p.stdout.strip().splitlines()[-1])
-    return {case.id: tuple(r) for case, r in zip(CASES, results, strict=True)}  # type: ignore[misc]
+    if os.environ.get("NANOTRT_CASE_TIMES"):
+        print(sorted(((r[3], c.id) for c, r in zip(CASES, results, strict=True)), reverse=True)[:15])
+    return {case.id: tuple(r[:3]) for case, r in zip(CASES, results, strict=True)}  # type: ignore[misc]
 
 
 def _assert_one_clean_line(rc: int, err: str, needle: str) -> None:
