@@ -35,7 +35,10 @@ def _cli(*args: str) -> list[str]:
 
 
 def _run_and_signal(cmd: list[str], sig: int, delay: float) -> tuple[int, str]:
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell starts background jobs with SIGINT ignored, and a
+    # Python started that way never installs its KeyboardInterrupt handler (the trial would test nothing).
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(delay)
     if p.poll() is None:
         p.send_signal(sig)
@@ -165,6 +168,7 @@ def test_interrupt_once(command: str, sig: str, tiny_dirs: dict[str, Path], tmp_
 def test_interrupt_many(command: str, sig: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     outcomes = CASES[command](tiny_dirs, tmp_path, SIGNALS[sig], FAULT_TRIALS, seed=7)
     assert len(outcomes) == FAULT_TRIALS
+    assert "previous" in outcomes, "no trial interrupted the run: the random points missed it"
 
 
 def test_killed_writer_temp_dirs_are_swept_and_previous_restored(tmp_path: Path) -> None:
