@@ -283,6 +283,17 @@ def _click_exceptions() -> Any:
         return importlib.import_module("click.exceptions")
 
 
+def _interrupted(e: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def main() -> None:
     ce = _click_exceptions()
     try:
@@ -312,8 +323,12 @@ def main() -> None:
         typer.echo(f"error: no space left on the device ({e.filename or 'while writing'}): free some space and run "
                    "again; outputs are written to temporary files first, so nothing was half-written", err=True)
         raise SystemExit(2) from None
-    except ModuleNotFoundError as e:  # an optional dependency reached past a command's upfront check
-        extra = extra_for_module(e.name or "")
+    except ImportError as e:
+        if _interrupted(e):  # Ctrl-C during an import: onnxruntime re-raises it as "initialization failed"
+            typer.echo("interrupted", err=True)
+            raise SystemExit(130) from None
+        # an optional dependency reached past a command's upfront check
+        extra = extra_for_module(e.name or "") if isinstance(e, ModuleNotFoundError) else None
         if extra is None:
             raise
         typer.echo(f"error: {missing_message('this command', e.name or '', extra)}", err=True)

@@ -303,3 +303,25 @@ def test_graph_damaged_while_streaming(artifacts: dict[str, Path], tmp_path: Pat
         layer.write_bytes(original)  # repaired: the same runner, in the same process, works again
         again = r.predict(texts)
     np.testing.assert_allclose(again.logits, good.logits, atol=1e-6)
+
+
+def test_interrupt_during_an_import_is_not_a_traceback(artifacts: dict[str, Path]) -> None:
+    """Ctrl-C while onnxruntime imports surfaces as ImportError("initialization failed") caused by the
+    KeyboardInterrupt (found by the SIGINT trials of build): still 'interrupted', exit 130."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Interrupted(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'onnxruntime':\n"
+        "            try:\n"
+        "                raise KeyboardInterrupt\n"
+        "            except KeyboardInterrupt as k:\n"
+        "                raise ImportError('initialization failed') from k\n"
+        "sys.meta_path.insert(0, Interrupted())\n"
+        "from nanotrt.cli import main\n"
+        f"sys.argv = ['nanotrt', 'predict', {str(artifacts['bert'])!r}, 'text']\n"
+        "main()\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 130, p.stderr
+    assert p.stderr.strip() == "interrupted"
