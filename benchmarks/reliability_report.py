@@ -40,8 +40,15 @@ def group_of(case_id: str) -> str:
 def run_tests(xml: Path) -> dict[str, str]:
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *TESTS],
                    cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    return read_junit(xml)
+
+
+def read_junit(xml: Path) -> dict[str, str]:
     outcome = {}
+    mine = tuple(Path(t).stem for t in TESTS)
     for tc in ET.parse(xml).getroot().iter("testcase"):
+        if not tc.get("classname", "").split(".")[-1].startswith(mine):
+            continue
         name = tc.get("name", "")
         kinds = {child.tag for child in tc}
         skipped = tc.find("skipped")
@@ -60,8 +67,10 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--faults", type=Path, help="JSON lines written by the slow fault tests (NANOTRT_FAULT_LOG)")
+    ap.add_argument("--junit", type=Path, help="read test outcomes from this pytest --junitxml file instead of running")
+    ap.add_argument("--int8", type=Path, default=OUT / "int8_repro.json", help="benchmarks/int8_repro.py output")
     args = ap.parse_args()
-    outcome = run_tests(Path("/tmp/nanotrt-reliability-junit.xml"))
+    outcome = read_junit(args.junit) if args.junit else run_tests(Path("/tmp/nanotrt-reliability-junit.xml"))
     cases = [{"id": c.id, "group": group_of(c.id), "expect": c.needle, "xfail": c.xfail,
               "result": outcome.get(f"test_bad_input_gives_one_clean_line[{c.id}]", "missing")} for c in CASES]
     faults = [json.loads(x) for x in args.faults.read_text().splitlines()] if args.faults else []
@@ -71,7 +80,8 @@ def main() -> None:
               "bad_input_results": dict(Counter(c["result"] for c in cases)),
               "fault_trials": faults, "other_tests": others,
               "soak": {k: v for k, v in soak.items() if k != "samples"},
-              "soak_rss_mb": [s["rss_mb"] for s in soak["samples"]]}
+              "soak_rss_mb": [s["rss_mb"] for s in soak["samples"]],
+              "int8_repro": json.loads(args.int8.read_text()) if args.int8.is_file() else None}
     from nanotrt.runtime.fsutil import atomic_file, write_json
 
     write_json(OUT / "reliability.json", report)
@@ -110,6 +120,15 @@ def render(r: dict) -> str:  # type: ignore[type-arg]
               "", "## Concurrency, invariants, reproducibility", ""]
     lines += [f"- `{k}`: {v}" for k, v in o.items() if not ("disk_full" in k or "damaged" in k or "swept" in k
                                                             or k.startswith("test_interrupt"))]
+    if r.get("int8_repro"):
+        q = r["int8_repro"]
+        lines += ["", "## INT8 reproducibility of the demo (`python benchmarks/int8_repro.py`)", "",
+                  f"CPU integer features here: {', '.join(q['int8_cpu_flags'])}; ONNX Runtime "
+                  f"{q['machine']['libraries'].get('onnxruntime')}.", "",
+                  "| build | INT8 graphs identical to the cached build | max rel. error | kept FP32 | CoLA MCC (bench INT8 row) | avg exit layer |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['identical_to_cached']} ({v['files']} files) | {v['max_rel_error']} | "
+                  f"{v['kept_fp32'] or 'none'} | {v['mcc_x100']} | {v['avg_exit_layer']} |" for k, v in q["runs"].items()]
     s = r["soak"]
     lines += ["", "## Soak", "",
               f"`flock /tmp/nanotrt-cpu.lock python benchmarks/soak.py`: {s['predictions']} predictions "
