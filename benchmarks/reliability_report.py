@@ -2,9 +2,11 @@
 (run now, through the CLI), the fault-injection trials (from a `pytest -m slow tests/test_faults.py` log),
 the concurrency / property / reproducibility tests (run now) and the soak report (benchmarks/soak.py).
 
-    NANOTRT_FAULT_LOG=/tmp/faults.jsonl flock /tmp/nanotrt-cpu.lock python -m pytest -m slow tests/test_faults.py
+    NANOTRT_FAULT_TRIALS=12 NANOTRT_FAULT_LOG=/tmp/faults.jsonl flock /tmp/nanotrt-cpu.lock python -m pytest -m slow tests/test_faults.py
     flock /tmp/nanotrt-cpu.lock python benchmarks/soak.py
-    flock /tmp/nanotrt-cpu.lock python benchmarks/reliability_report.py --faults /tmp/faults.jsonl
+    flock /tmp/nanotrt-cpu.lock python benchmarks/int8_repro.py
+    flock /tmp/nanotrt-cpu.lock python -m pytest -q --junitxml=/tmp/full.xml
+    python benchmarks/reliability_report.py --faults /tmp/faults.jsonl --junit /tmp/full.xml
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ def main() -> None:
         tmp.write_text(render(report))
 
 
+def _fault_test(name: str) -> bool:
+    return any(w in name for w in ("disk_full", "damaged", "swept", "import_is_not"))
+
+
 def render(r: dict) -> str:  # type: ignore[type-arg]
     by_group = Counter(c["group"] for c in r["bad_inputs"])
     lines = [f"# Reliability report ({r['date']}, shared 2-core machine)", "",
@@ -109,6 +115,12 @@ def render(r: dict) -> str:  # type: ignore[type-arg]
               "must be the previous version or a complete new one (manifest valid, every graph matching its "
               "sha256; checkpoint loadable); build switches variants in one at a time, so *earlier variants "
               "only* (ort-fp32 built, ort-int8 not yet) is also a complete state.", "",
+              "The points are spread over the measured wall time of an uninterrupted run, which includes 2-3 s of "
+              "interpreter start-up and imports (torch) here, and runs under the trial were slower than the "
+              "measurement on the shared machine, so most trials stop a run before its final rename (*previous "
+              "kept*); SIGINT exits 130 (or 0 when the run finished first) and leaves no temp files; SIGKILL's "
+              "temp dir is swept by the next write of the same output. One finding fixed on the way: Ctrl-C while "
+              "onnxruntime imports surfaced as a traceback (`ImportError: initialization failed`).", "",
               "| command | signal | trials | previous kept | new complete | earlier variants only | mixed | run s |",
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {f['command']} | {f['signal']} | {f['trials']} | {f['previous']} | {f['new']} | "
@@ -116,15 +128,21 @@ def render(r: dict) -> str:  # type: ignore[type-arg]
     o = r["other_tests"]
     lines += ["", "Disk full (injected `OSError(ENOSPC)` in export, build, checkpoint and JSON writes), a graph "
               "deleted / truncated / bit-flipped / swapped while a runner streams: "
-              + ", ".join(f"{k}: {v}" for k, v in o.items() if "disk_full" in k or "damaged" in k or "swept" in k),
+              + ", ".join(f"{k}: {v}" for k, v in o.items() if _fault_test(k)),
               "", "## Concurrency, invariants, reproducibility", ""]
-    lines += [f"- `{k}`: {v}" for k, v in o.items() if not ("disk_full" in k or "damaged" in k or "swept" in k
-                                                            or k.startswith("test_interrupt"))]
+    lines += [f"- `{k}`: {v}" for k, v in o.items() if not (_fault_test(k) or k.startswith("test_interrupt_"))]
     if r.get("int8_repro"):
         q = r["int8_repro"]
         lines += ["", "## INT8 reproducibility of the demo (`python benchmarks/int8_repro.py`)", "",
                   f"CPU integer features here: {', '.join(q['int8_cpu_flags'])}; ONNX Runtime "
                   f"{q['machine']['libraries'].get('onnxruntime')}.", "",
+                  "The cached build is today's fresh `make demo` path on this machine (training, export, build from "
+                  "scratch; the retrained checkpoint's per-ramp dev MCC equals `train_cola.json` to every digit). "
+                  "Its INT8 row gives the committed 27.82: the committed number reproduces here, and rebuilding gives "
+                  "byte-identical INT8 graphs with either calibration batch order (min/max calibration does not "
+                  "depend on it; the percentile/entropy calibrators and the recorded error do). The 26.18 seen on "
+                  "another fresh clone did not reproduce here; INT8 kernels differ by CPU (VNNI/AMX vs AVX2's "
+                  "saturating u8s8 path) and ONNX Runtime / numpy are not pinned, so that is where to look.", "",
                   "| build | INT8 graphs identical to the cached build | max rel. error | kept FP32 | CoLA MCC (bench INT8 row) | avg exit layer |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {k} | {v['identical_to_cached']} ({v['files']} files) | {v['max_rel_error']} | "
@@ -137,7 +155,8 @@ def render(r: dict) -> str:  # type: ignore[type-arg]
               f"{', '.join(str(x) for x in r['soak_rss_mb'])}. After warm-up: range {s['rss_range_after_warmup_mb']} MB,"
               f" slope {s['rss_slope_mb_per_1000_after_warmup']} MB per 1,000 predictions; peak RSS "
               f"{s['peak_rss_mb']} MB; {s['wall_s']} s. Details: `soak.md`.", "",
-              "## Commands", "", "```", *__doc__.strip().splitlines()[-3:], "```", ""]
+              "## Commands", "", "```", *(x.strip() for x in (__doc__ or "").splitlines() if x.startswith("    ")),
+              "```", ""]
     return "\n".join(lines)
 
 
