@@ -241,7 +241,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                   *_summary_lines(name, res), "",
                   "| row | variant | " + " | ".join(names) + " | avg exit layer | layer speedup | wall speedup vs "
                   "row 1 | vs ORT one graph | p50 ms | p95 ms | ex/s | peak RSS | peak engines | load s |",
-                  "|---" * (13 + len(names)) + "|"]
+                  "|---" * (12 + len(names)) + "|"]
         for r in res["rows"]:
             lines.append(f"| {r['row']} | {r.get('variant', '-')} | {' | '.join(_metrics(r, names))} | "
                          f"{r['avg_exit_layer']:.2f} | {r['layer_speedup']:.2f} | {r['wall_speedup']:.2f} | "
@@ -249,7 +249,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                          f"{_fmt_bytes(r['peak_rss_bytes'])} | {_fmt_bytes(r.get('engine_peak_bytes'))} | "
                          f"{r.get('load_s', 0):.2f} |")
         for variant, pts in res["sweeps"].items():
-            lines += ["", f"Sweep ({variant}): | exit | " + " | ".join(names)
+            lines += ["", f"Sweep ({variant}):", "", "| exit | " + " | ".join(names)
                       + " | avg exit | wall speedup | vs ORT one graph |", "|---" * (4 + len(names)) + "|"]
             lines += [f"| {p['exit']} | {' | '.join(_metrics(p, names))} | {p['avg_exit_layer']:.2f} | "
                       f"{p['wall_speedup']:.2f} | {_x(p.get('vs_ort'))} |" for p in pts]

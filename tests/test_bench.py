@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import onnx
 import pytest
 from nanotrt.pipeline.benchreport import run_bench
 from nanotrt.runtime.artifact import Manifest
@@ -37,6 +38,8 @@ def test_whole_graph_int8_baseline_is_built(bench_art: Path) -> None:
     entry = m.graphs[WHOLE_INT8]
     assert entry["precision"] == "int8" and entry["options"]["per_channel"] and entry["rel_error"] < 0.15
     m.verify(WHOLE_INT8)
+    ops = {n.op_type for n in onnx.load(str(m.path(WHOLE_INT8))).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
     before = (bench_art / "manifest.json").read_text()
     build(bench_art, int8=True, calib_task="cola", calib_size=16, data_dir=FIX)
     assert (bench_art / "manifest.json").read_text() == before  # cached
@@ -69,8 +72,10 @@ def test_bench_rows_and_report(bench_art: Path, tmp_path: Path) -> None:
     assert saved["machine"]["cores"] and saved["results"]["qqp"]["metrics"] == ["f1", "accuracy"]
     md = (tmp_path / "bench-qqp.md").read_text()
     assert "exit-vs-full comparisons use f1" in md and "ORT one graph, dynamic INT8" in md
-    tables = [line for line in md.splitlines() if line.startswith("| row |") or line.startswith("Sweep")]
-    assert len(tables) == 3 and all("| f1 | accuracy |" in line for line in tables)  # rows table + 2 sweeps
+    lines = md.splitlines()
+    headers = [line for i, line in enumerate(lines[:-1]) if lines[i + 1].startswith("|---")]
+    assert all(line.startswith("|") and line.count("|") == lines[lines.index(line) + 1].count("|") for line in headers)
+    assert sum("| f1 | accuracy |" in line for line in headers) == 3  # rows table + 2 sweeps
 
 
 def test_bench_errors(bench_art: Path, tmp_path: Path) -> None:
