@@ -9,7 +9,7 @@ from typing import Any
 
 from nanotrt.pipeline.bench import RowSpec, machine_info, run_child
 from nanotrt.pipeline.build import WHOLE_INT8
-from nanotrt.pipeline.glue import get_task, task_file
+from nanotrt.pipeline.glue import get_task, label_names, task_file
 from nanotrt.pipeline.progress import console, progress, table_console
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.errors import NanotrtError
@@ -38,6 +38,9 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
     root = root or cache_dir() / f"minilm-{name}"
     art = root / "artifact"
     m = Manifest.load(art) if (art / "manifest.json").is_file() else None
+    if m and m.labels != label_names(m.task, m.labels):  # cached before label names: the file's "0"/"1"
+        m.data["labels"] = label_names(m.task, m.labels)
+        m.save()
     if m and {"ort-int8", "ort-int8-dynamic"} <= set(m.variants) and WHOLE_INT8 in m.graphs:
         return art
     task_file(t, "train", data_dir)  # clear error before minutes of work

@@ -99,3 +99,34 @@ def test_bench_errors(bench_art: Path, tmp_path: Path) -> None:
     (art / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(NanotrtError, match="INT8 one-graph baseline: run `nanotrt build .* --int8"):
         run_bench("cola", art, data_dir=str(FIX))
+
+
+def test_bench_rows_follow_the_artifacts_variants() -> None:
+    from nanotrt.pipeline.benchreport import bench_rows
+
+    base = {"artifact": "art", "task": "cola"}
+    keys = [r.key for r in bench_rows("patience=3", "all", 1, [], base)]
+    assert keys == ["torch-full", "torch-exit", "ort-whole", "full", "exit-fp32", "stream"]
+    rows = bench_rows("patience=3", "all", 8, ["ort-int8", "ort-int8-dynamic"], base)
+    assert [r.key for r in rows] == ["torch-full", "torch-exit", "ort-whole", "ort-whole-int8", "full", "exit-fp32",
+                                     "exit-int8", "exit-int8-dynamic", "stream", "b-torch-full", "b-full", "b-exit-fp32"]
+    by_key = {r.key: r for r in rows}
+    assert by_key["exit-int8"].precision == "int8" and by_key["exit-int8"].variant is None  # the runner's rule
+    assert by_key["ort-whole-int8"].graph == "whole-int8-dynamic"
+
+
+def test_cached_demo_artifact_gains_what_is_missing(bench_art: Path, tmp_path: Path) -> None:
+    """An artifact cached by an older nanotrt (file label values, no dynamic INT8) is completed in place,
+    not re-trained or re-exported."""
+    from nanotrt.pipeline.benchreport import prepare_default
+
+    art = tmp_path / "artifact"
+    shutil.copytree(bench_art, art)
+    man = json.loads((art / "manifest.json").read_text())
+    man["labels"] = ["0", "1"]
+    (art / "manifest.json").write_text(json.dumps(man))
+    assert prepare_default("cola", str(FIX), root=tmp_path) == art
+    m = Manifest.load(art)
+    assert m.labels == ["unacceptable", "acceptable"] and "ort-int8-dynamic" in m.variants
+    assert m.graphs["whole"] == man["graphs"]["whole"]  # not re-exported
+    assert all(e == e for e in m.data["variants"]["ort-int8-dynamic"]["rel_error"].values())  # measured, not NaN
