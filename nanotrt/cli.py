@@ -213,8 +213,10 @@ def predict(
     backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt | torch")] = "onnxruntime",
     memory_budget: Annotated[str, typer.Option(help="engine memory budget: all, 300MB, 2GB, 2layers")] = "all",
     exit: Annotated[str, typer.Option("--exit", help="none, patience=3, entropy=0.3, maxprob=0.9, depth=4")] = "none",
-    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (built variants)")] = "fp32",
-    variant: Annotated[str | None, typer.Option(help="manifest variant to run (overrides --precision)")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8: runs the best variant the artifact has at "
+                                                "this precision (built before exported)")] = "fp32",
+    variant: Annotated[str | None, typer.Option(help="manifest variant to run, e.g. fp32 or ort-int8 "
+                                                     "(overrides --precision)")] = None,
     prefetch: Annotated[bool, typer.Option(help="load the next layer on a background thread")] = True,
     batch_size: Annotated[int, typer.Option(help="samples per batch (each exits on its own)")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per input")] = False,
@@ -243,7 +245,7 @@ def predict(
             _out(f"{p.label}\t{probs}\texit@{p.exit_layer}/{runner.n}\tramps=[{ramps}]\t{text}")
     if stats:
         s = res.stats
-        typer.echo(json.dumps({"samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
+        typer.echo(json.dumps({"variant": s.variant, "samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
                                "compute_s": s.compute_s, "layer_time_s": s.layer_time_s,
                                "budget": runner.describe_budget(), **s.cache}, indent=1), err=True)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from nanotrt.pipeline.glue import label_names
 from nanotrt.pipeline.model import OffRampModel, check_max_length, load_model, load_tokenizer, save_checkpoint
 from nanotrt.runtime.artifact import Manifest, Schedule, new_manifest
 from nanotrt.runtime.errors import NanotrtError
@@ -174,7 +175,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 1
 
         manifest = new_manifest(
             tmp, family=cfg.model_type, num_layers=n, hidden_size=adapter.hidden_size(cfg),
-            task=model.cfg.task, task_type=model.cfg.task_type, labels=model.cfg.labels,
+            task=model.cfg.task, task_type=model.cfg.task_type, labels=label_names(model.cfg.task, model.cfg.labels),
             ramp=asdict(model.cfg), config=cfg.to_dict(),
             tokenizer={"file": "tokenizer/tokenizer.json", "max_length": max_length, "pad_id": int(pad_id),
                        "pad_token": str(tok.pad_token), "token_types": adapter.has_token_types},
