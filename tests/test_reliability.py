@@ -237,7 +237,7 @@ CASES = [
          "variants.fp32.ramps is missing"),
     Case("manifest-lookup-unknown", _edit_manifest(_set("lookup", "wordz")), 'lookup names graph "wordz"'),
     Case("variant-unknown", _predict("x", "--variant", "nope"), "has no 'nope' variant"),
-    Case("precision-not-built", _predict("x", "--precision", "int8"), "has no 'ort-int8' variant"),
+    Case("precision-not-built", _predict("x", "--precision", "int8"), "has no int8 variant"),
     Case("graph-file-deleted", _predict_damaged("graphs/layer_01.onnx", None),
          "layer_01.onnx listed in the manifest is missing"),
     Case("graph-file-truncated", _predict_damaged("graphs/layer_01.onnx", b"\x08\x07"),

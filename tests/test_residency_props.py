@@ -102,7 +102,8 @@ def manifest(artifacts: dict[str, Path]) -> Manifest:
 
 
 def _reference(manifest: Manifest, texts: list[str], exit: str) -> Any:
-    with Runner(manifest, FakeBackend(None, [0.0], len(manifest.labels)), exit=exit, prefetch=False) as r:
+    with Runner(manifest, FakeBackend(None, [0.0], len(manifest.labels)), exit=exit, prefetch=False,
+                variant="fp32") as r:
         return r.predict(texts, batch_size=len(texts))
 
 
@@ -121,7 +122,8 @@ def test_cache_promises_hold_on_random_walks(manifest: Manifest, texts: list[str
                                             repeats: int) -> None:
     backend = FakeBackend(None, delays, len(manifest.labels))
     # "Nlayers" rather than bytes: the runtime decides what a layer's room includes (activations too)
-    with Runner(manifest, backend, memory_budget=f"{budget_layers}layers", exit=exit, prefetch=prefetch) as r:
+    with Runner(manifest, backend, memory_budget=f"{budget_layers}layers", exit=exit, prefetch=prefetch,
+                variant="fp32") as r:
         budget = backend.budget = r.budget
         assert budget is not None
         results = [r.predict(texts, batch_size=batch_size) for _ in range(repeats)]  # repeats: cross-batch reuse
