@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from nanotrt.pipeline.model import OffRampModel, load_model, save_checkpoint
+from nanotrt.pipeline.glue import label_names
+from nanotrt.pipeline.model import OffRampModel, check_max_length, load_model, load_tokenizer, save_checkpoint
 from nanotrt.runtime.artifact import Manifest, Schedule, new_manifest
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import atomic_dir
@@ -144,17 +145,6 @@ def _export_one(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, i
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
 
 
-def _load_tokenizer(model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, use_fast=True)
-    except Exception as e:  # noqa: BLE001
-        raise NanotrtError(f"cannot load the tokenizer from '{model_dir}' ({str(e).splitlines()[0]}): "
-                           "copy the tokenizer files next to config.json") from None
-    if not getattr(tok, "is_fast", False):
-        raise NanotrtError(f"the tokenizer in '{model_dir}' has no fast (tokenizers) version to convert")
-    return tok
 
 
 class _Export:
@@ -181,7 +171,7 @@ class _Export:
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         return new_manifest(
             self.tmp, family=cfg.model_type, num_layers=model.num_layers, hidden_size=self.adapter.hidden_size(cfg),
-            task=model.cfg.task, task_type=model.cfg.task_type, labels=model.cfg.labels,
+            task=model.cfg.task, task_type=model.cfg.task_type, labels=label_names(model.cfg.task, model.cfg.labels),
             ramp=asdict(model.cfg), config=cfg.to_dict(),
             tokenizer={"file": "tokenizer/tokenizer.json", "max_length": max_length, "pad_id": int(pad_id),
                        "pad_token": str(tok.pad_token), "token_types": self.adapter.has_token_types},
@@ -263,7 +253,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 1
     """Export ``model_dir`` (HF dir or nanotrt checkpoint) to the artifact ``out_dir`` atomically."""
     model_dir = Path(model_dir)
     model = (model if model is not None else load_model(model_dir)).eval()
-    tok = _load_tokenizer(model_dir)
+    check_max_length(model.config, max_length)
+    tok = load_tokenizer(model_dir, int(model.config.vocab_size))
     n = model.num_layers
     groups = [model.adapter.layer_graph_index(model.config, i) for i in range(n)]
     steps = 1 + len(set(groups)) + n + 1 + int(whole)
