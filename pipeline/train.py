@@ -239,10 +239,11 @@ def read_train_dev(task: Task, cfg: TrainConfig) -> tuple[Split, Split, dict[str
     """Train split minus the held-out rows (then ``limit``), dev split, and the holdout record."""
     from nanotrt.pipeline.calibrate_exit import HOLDOUT_SEED, holdout_indices, subset
 
-    dev = read_split(task, "dev", cfg.data_dir, limit=cfg.eval_limit)
     if not cfg.holdout:
-        return read_split(task, "train", cfg.data_dir, limit=cfg.limit), dev, {}
+        train = read_split(task, "train", cfg.data_dir, limit=cfg.limit)
+        return train, read_split(task, "dev", cfg.data_dir, limit=cfg.eval_limit), {}
     full = read_split(task, "train", cfg.data_dir)
+    dev = read_split(task, "dev", cfg.data_dir, limit=cfg.eval_limit)
     if cfg.holdout >= len(full):
         raise NanotrtError(f"--holdout {cfg.holdout} leaves no training rows ({task.name} train has {len(full)})")
     held = holdout_indices(len(full), cfg.holdout, HOLDOUT_SEED)

@@ -348,8 +348,9 @@ def parse_exit(spec: str | ExitPolicy | None, task_type: str = "classification",
         try:
             items = [(k, v) for k, _, v in (kv.partition("=") for kv in text.split(","))]
             policy = _build(items)
-        except ValueError:
-            raise NanotrtError(f"cannot read exit policy '{spec}': use {SPECS}") from None
+        except ValueError as e:
+            what = "" if str(e) in ("keys", "value", "combination") else "bad number, "
+            raise NanotrtError(f"cannot read exit policy '{spec}': {what}use {SPECS}") from None
     policy.validate(num_layers)
     if task_type == "regression" and not policy.regression_ok:
         raise NanotrtError(f"exit policy '{policy.spec}' needs class probabilities; for regression use "
