@@ -26,12 +26,15 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.backend import Backend
 from nanotrt.runtime.errors import NanotrtError
+
+if TYPE_CHECKING:  # mypy checks every TensorRT call below against tensorrt-stubs (10.13; see README)
+    import tensorrt as trt
 
 MIN_VERSION = (10, 1)  # device_memory_size_v2, set_device_memory(ptr, size)
 MAX_MAJOR = 11  # newest major this code was written against (11 = strongly typed only)
@@ -128,19 +131,19 @@ def parse_shape(text: str) -> Shape:
 class BuildOptions:
     """The one optimization profile (batch x seq, min / opt / max) and builder settings of a TRT variant.
     ``max_shape`` None = (32, the tokenizer's max_length): no input is ever longer, and the profile max
-    sizes the scratch memory."""
+    sizes the scratch memory. ``opt_shape`` None = (1, 128) within the max."""
 
     min_shape: Shape = (1, 1)
-    opt_shape: Shape = (1, 128)
+    opt_shape: Shape | None = None
     max_shape: Shape | None = None
     workspace_mb: int = 1024
     version_compatible: bool = False
     exclude_lean_runtime: bool = False
 
     def resolve(self, max_length: int) -> BuildOptions:
-        """Fill the default max from the artifact and check the profile; one clear line if it is wrong."""
+        """Fill the defaults from the artifact and check the profile; one clear line if it is wrong."""
         mx = self.max_shape or (32, max_length)
-        opt = (self.opt_shape[0], min(self.opt_shape[1], mx[1])) if self.max_shape is None else self.opt_shape
+        opt = self.opt_shape or (1, min(128, mx[1]))
         if not (all(a <= b for a, b in zip(self.min_shape, opt, strict=True))
                 and all(a <= b for a, b in zip(opt, mx, strict=True))):
             raise NanotrtError(f"TensorRT profile needs min <= opt <= max per dimension, got min "
@@ -190,11 +193,12 @@ def build_plan(onnx_path: Path, plan_path: Path, inputs: list[dict[str, Any]], o
                timing_cache: Path) -> None:
     """Parse ``onnx_path`` as a strongly typed network and write its serialized engine to ``plan_path``.
     The precision is the ONNX's own (FP32 / FP16 / Q-DQ); the timing cache is shared by a whole build."""
-    trt = require_builder()
+    require_builder()
+    import tensorrt as trt  # typed by the stubs; the version is checked above
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
     from polygraphy.exception import PolygraphyException
 
-    assert options.max_shape is not None, "resolve() the options first"
+    assert options.max_shape is not None and options.opt_shape is not None, "resolve() the options first"
     profile = Profile()
     for sig in inputs:
         profile.add(sig["name"], *(_dims(sig, s) for s in (options.min_shape, options.opt_shape, options.max_shape)))
@@ -233,8 +237,8 @@ def _np_dtype(trt_dtype: Any) -> np.dtype[Any]:
 @dataclass
 class TrtEngine:
     name: str
-    engine: Any
-    context: Any
+    engine: trt.ICudaEngine | None
+    context: trt.IExecutionContext | None
     inputs: list[str]
     outputs: list[str]
     nbytes: int  # plan bytes (weights): what the residency cache counts per engine
@@ -286,14 +290,14 @@ class TrtBackend(Backend):
             _check(self.cudart.cudaSetDevice(self.device))
             self._local.device = self.device
 
-    def _runtime(self, lean: bool, host_code: bool) -> Any:
+    def _runtime(self, lean: bool, host_code: bool) -> trt.Runtime:
         """One IRuntime per thread (deserializing is not documented thread-safe on a shared runtime);
         ``lean``: the lean runtime library that --exclude-lean-runtime plans need; ``host_code``: let
         version-compatible plans run the lean runtime they embed."""
         key = ("lean" if lean else "std", host_code)
         cache: dict[Any, Any] = self._local.__dict__.setdefault("runtimes", {})
         if key not in cache:
-            rt = self.trt.Runtime(self.logger)
+            rt: trt.Runtime = self.trt.Runtime(self.logger)
             if lean:
                 if not self.lean_runtime:
                     raise NanotrtError(
@@ -341,6 +345,7 @@ class TrtBackend(Backend):
                                "on this device")
         ptr = self._alloc(nbytes, False)
         for e in self.live:
+            assert e.context is not None
             e.context.set_device_memory(ptr, nbytes)
         self._free(self.scratch.ptr, False)
         self.scratch = _Buffer(ptr, nbytes)
@@ -388,21 +393,21 @@ class TrtBackend(Backend):
         """Deserialize a plan and give it an execution context that runs in the shared scratch.
         Safe on the prefetch thread (own device binding and runtime; the scratch is never re-pointed
         there)."""
-        trt = self.trt
+        trt_mod = self.trt  # tensorrt, tensorrt_lean or tensorrt_dispatch
         self._bind_thread()
-        engine = self._runtime(lean, version_compatible or lean).deserialize_cuda_engine(plan)
+        engine: trt.ICudaEngine | None = self._runtime(lean, version_compatible or lean).deserialize_cuda_engine(plan)
         if engine is None:
             built = f"built with TensorRT {built_with}" if built_with else "built elsewhere"
             raise NanotrtError(
-                f"TensorRT {trt.__version__} cannot deserialize {name} ({built}; plans are specific to the "
+                f"TensorRT {trt_mod.__version__} cannot deserialize {name} ({built}; plans are specific to the "
                 "TensorRT version and GPU unless built with --version-compatible): rebuild with "
                 "`nanotrt build --backend tensorrt` on this device")
-        context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        context = engine.create_execution_context(trt_mod.ExecutionContextAllocationStrategy.USER_MANAGED)
         need = int(engine.device_memory_size_v2)
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        eng = TrtEngine(name, engine, context,
-                        [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT],
-                        [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT], nbytes, need)
+        mode = trt_mod.TensorIOMode
+        eng = TrtEngine(name, engine, context, [n for n in names if engine.get_tensor_mode(n) == mode.INPUT],
+                        [n for n in names if engine.get_tensor_mode(n) == mode.OUTPUT], nbytes, need)
         with self._lock:
             self._ensure_scratch(need)
             context.set_device_memory(self.scratch.ptr, self.scratch.size)
@@ -413,6 +418,7 @@ class TrtBackend(Backend):
         if threading.get_ident() != self._owner:
             raise NanotrtError("TensorRT engines run on the thread that created the backend (one scratch buffer)")
         cudart, ctx, eng = self.cudart, engine.context, engine.engine
+        assert ctx is not None and eng is not None, f"{engine.name} was released"
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for n in engine.inputs:
             arr = np.ascontiguousarray(feeds[n], dtype=_np_dtype(eng.get_tensor_dtype(n)))
@@ -426,7 +432,8 @@ class TrtBackend(Backend):
             ctx.set_tensor_address(n, dev.ptr)
         shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
         for n in engine.outputs:
-            shape, dtype = tuple(ctx.get_tensor_shape(n)), _np_dtype(eng.get_tensor_dtype(n))
+            dims = ctx.get_tensor_shape(n)
+            shape, dtype = tuple(int(dims[i]) for i in range(len(dims))), _np_dtype(eng.get_tensor_dtype(n))
             nbytes = int(np.prod(shape)) * dtype.itemsize
             dev = self._grow(self.pool.device.setdefault("out:" + n, _Buffer()), nbytes)
             self._grow(self.pool.host.setdefault("out:" + n, _Buffer()), nbytes, pinned_host=True)

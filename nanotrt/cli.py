@@ -82,7 +82,7 @@ def build(
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
     workspace_mb: Annotated[int, typer.Option(help="TensorRT builder workspace limit (MiB)")] = 1024,
     min_shape: Annotated[str, typer.Option(help="TensorRT profile min BATCHxSEQ")] = "1x1",
-    opt_shape: Annotated[str, typer.Option(help="TensorRT profile opt BATCHxSEQ")] = "1x128",
+    opt_shape: Annotated[str | None, typer.Option(help="TensorRT profile opt BATCHxSEQ (default 1x128 within the max)")] = None,
     max_shape: Annotated[str | None, typer.Option(help="TensorRT profile max BATCHxSEQ (default 32 x the tokenizer's max length)")] = None,
     version_compatible: Annotated[bool, typer.Option(help="TensorRT version-compatible plans (run on newer TensorRT of the same major)")] = False,
     exclude_lean_runtime: Annotated[bool, typer.Option(help="with --version-compatible: leave the lean runtime out of the plans (build and device then need $NANOTRT_TRT_LEAN_RUNTIME = path of libnvinfer_lean.so)")] = False,
@@ -94,7 +94,7 @@ def build(
     if backend == "tensorrt":
         from nanotrt.engines.tensorrt import BuildOptions, parse_shape
 
-        trt_options = BuildOptions(parse_shape(min_shape), parse_shape(opt_shape),
+        trt_options = BuildOptions(parse_shape(min_shape), parse_shape(opt_shape) if opt_shape else None,
                                    parse_shape(max_shape) if max_shape else None, workspace_mb,
                                    version_compatible, exclude_lean_runtime).to_json()
     run_build(artifact, backend=backend, fp16=fp16, int8=int8, calib_task=calib_task, calib_size=calib_size,

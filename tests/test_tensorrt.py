@@ -366,3 +366,23 @@ def test_mypy_catches_a_misspelled_tensorrt_api(tmp_path: Path) -> None:
     # (the stubs themselves have errors; the project's mypy config ignores those)
     errors = [line for line in res.stdout.splitlines() if ": error:" in line and line.startswith(("good", "bad"))]
     assert len(errors) == 1 and errors[0].startswith("bad.py:3") and "device_memory_size_v3" in errors[0], res.stdout
+
+
+# --- benchmarks/gpu_check.py ------------------------------------------------------------------------------
+
+def test_gpu_check_runs_end_to_end_on_the_fake(fake: Any, art: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU check's own logic (shapes within the profile, source ONNX lookup, runner comparison, report),
+    so that the first run on a GPU fails only for TensorRT reasons."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.setattr(sys, "path", sys.path)
+    import gpu_check
+
+    build(art, backend="tensorrt", fp16=True, trt_options=te.BuildOptions(max_shape=(8, 16)).to_json())
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", str(art), "--out", str(tmp_path / "out")])
+    assert gpu_check.main() == 0
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    plans = report["variants"]["trt-fp16"]["plans"]
+    assert set(next(iter(plans.values()))["rel_error_vs_ort"]) == {"1x1", "1x16", "8x1", "8x16"}  # within 8x16
+    assert report["variants"]["trt-fp16"]["runner"]["prefetch_on"]["loads"] > 0
+    assert "PASS" in (tmp_path / "out" / "gpu_check.md").read_text()
