@@ -12,7 +12,7 @@ reserves the artifact's working set, at the size recorded in the manifest at bui
 plan's ``device_memory_size_v2``), so no load ever re-points a context another thread may be running.
 Inputs and outputs go through device buffers and pinned host staging buffers sized for the profile's
 maximum shapes, reserved at the same time. Scratch and I/O buffers are counted in the memory budget.
-Everything executes on one stream, synchronously, on the caller's thread.
+Engines execute one at a time (a run lock), synchronously, on one stream; any thread may run them.
 
 CUDA calls use cuda-python (``cuda.bindings.runtime``): plain bindings, no implicit context, works on
 Jetson. The runtime needs only ``tensorrt.Runtime`` (the full package, ``tensorrt_lean`` or
@@ -269,15 +269,16 @@ class TrtBackend(Backend):
         self.verify = verify
         self.lean_runtime = lean_runtime or os.environ.get(LEAN_RUNTIME_ENV)
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
-        self._owner = threading.get_ident()  # the thread that runs engines (and may grow buffers)
         self._local = threading.local()
         self._runtimes: list[Any] = []  # every IRuntime stays alive as long as engines it made may
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # live contexts, runtimes, the scratch pointer
+        self._run_lock = threading.Lock()  # held while an engine executes: buffers change only between runs
         self._bind_thread()
         self.stream = _check(self.cudart.cudaStreamCreate())
         self.scratch = _Buffer()
         self.pool = _Pool()
         self.reserved_bytes = 0
+        self.grown = 0  # scratch growths after the reservation (0 in the runner: the manifest sized it)
         self.live: list[TrtEngine] = []
 
     def variant_for(self, precision: str) -> str:
@@ -325,8 +326,8 @@ class TrtBackend(Backend):
 
     def _grow(self, buf: _Buffer, nbytes: int, pinned_host: bool = False) -> _Buffer:
         """I/O buffers: sized by ``reserve``; grown here only when a run needs more (no reservation, e.g.
-        the build's error check). Only the owner thread runs engines, and runs are synchronous, so no
-        copy or execution uses the old buffer when it is freed."""
+        the build's error check). Called inside ``run`` (run lock held, copies synchronous), so nothing
+        uses the old buffer when it is freed."""
         if buf.size < nbytes:
             ptr = self._alloc(nbytes, pinned_host)
             self._free(buf.ptr, pinned_host)
@@ -334,21 +335,20 @@ class TrtBackend(Backend):
         return buf
 
     def _ensure_scratch(self, nbytes: int) -> None:
-        """Called with the lock held. The scratch is sized once by ``reserve``; it may grow only on the
-        owner thread, between runs (new buffer first, live contexts re-pointed, then the old one freed).
-        A prefetch load that needs more than the reservation is a manifest/device mismatch."""
+        """Called with the lock held. The scratch is sized once by ``reserve`` from the manifest, so in the
+        runner it never grows. Should a plan need more (a plan opened without a reservation), it grows
+        between runs, under the run lock: new buffer first, live contexts re-pointed, then the old one
+        freed, so no execution ever sees freed memory, whichever thread loads."""
         if nbytes <= self.scratch.size:
             return
-        if threading.get_ident() != self._owner:
-            raise NanotrtError(f"a plan needs {nbytes} bytes of TensorRT scratch memory but {self.scratch.size} "
-                               "were reserved from the manifest: rebuild with `nanotrt build --backend tensorrt` "
-                               "on this device")
-        ptr = self._alloc(nbytes, False)
-        for e in self.live:
-            assert e.context is not None
-            e.context.set_device_memory(ptr, nbytes)
-        self._free(self.scratch.ptr, False)
-        self.scratch = _Buffer(ptr, nbytes)
+        with self._run_lock:
+            ptr = self._alloc(nbytes, False)
+            for e in self.live:
+                assert e.context is not None
+                e.context.set_device_memory(ptr, nbytes)
+            self.grown += bool(self.scratch.ptr)
+            self._free(self.scratch.ptr, False)
+            self.scratch = _Buffer(ptr, nbytes)
 
     def reserve(self, manifest: Manifest, names: list[str]) -> int:
         """Allocate the working set of these plans now, on this (the runner's) thread: one scratch buffer
@@ -391,8 +391,8 @@ class TrtBackend(Backend):
     def open_plan(self, plan: bytes, name: str, nbytes: int, version_compatible: bool = False,
                   lean: bool = False, built_with: str | None = None) -> TrtEngine:
         """Deserialize a plan and give it an execution context that runs in the shared scratch.
-        Safe on the prefetch thread (own device binding and runtime; the scratch is never re-pointed
-        there)."""
+        Safe on the prefetch thread: own device binding and runtime; a scratch growth (never in the
+        runner, which reserved from the manifest) waits for the running engine."""
         trt_mod = self.trt  # tensorrt, tensorrt_lean or tensorrt_dispatch
         self._bind_thread()
         engine: trt.ICudaEngine | None = self._runtime(lean, version_compatible or lean).deserialize_cuda_engine(plan)
@@ -415,8 +415,12 @@ class TrtBackend(Backend):
         return eng
 
     def run(self, engine: TrtEngine, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if threading.get_ident() != self._owner:
-            raise NanotrtError("TensorRT engines run on the thread that created the backend (one scratch buffer)")
+        """Execute synchronously on the backend's stream. One run at a time (one shared scratch)."""
+        self._bind_thread()
+        with self._run_lock:
+            return self._execute(engine, feeds)
+
+    def _execute(self, engine: TrtEngine, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart, ctx, eng = self.cudart, engine.context, engine.engine
         assert ctx is not None and eng is not None, f"{engine.name} was released"
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost

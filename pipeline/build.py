@@ -254,10 +254,11 @@ def _trt_candidates(src: Path, precision: str, out: Path, unit: str, calib: Any,
     return cands
 
 
-def _in_profile(batches: list[dict[str, Any]], max_shape: tuple[int, int]) -> list[dict[str, Any]]:
-    """Calibration batches cut to the profile's max batch, without those longer than its max seq."""
-    b, s = max_shape
-    return [{k: v[:b] for k, v in f.items()} for f in batches if next(iter(f.values())).shape[1] <= s]
+def _in_profile(batches: list[dict[str, Any]], opts: Any) -> list[dict[str, Any]]:
+    """Calibration batches cut to the profile's max batch, without those whose length is outside it."""
+    (min_b, min_s), (b, s) = opts.min_shape, opts.max_shape
+    return [{k: v[:b] for k, v in f.items()} for f in batches
+            if min_s <= next(iter(f.values())).shape[1] <= s and len(next(iter(f.values()))) >= min_b]
 
 
 def _build_trt_unit(m: Manifest, unit: str, precision: str, out: Path, calib: Any, calib_method: str,
@@ -271,7 +272,7 @@ def _build_trt_unit(m: Manifest, unit: str, precision: str, out: Path, calib: An
     if precision != "int8":
         cands = cands[:1]
     plan = out / f"{unit}.plan"
-    batches = _in_profile(calib.batches(unit), opts.max_shape) if calib is not None else []
+    batches = _in_profile(calib.batches(unit), opts) if calib is not None else []
     for i, (prec, onnx_path) in enumerate(cands):  # noqa: B007 - the accepted candidate is used below
         trt_mod.build_plan(onnx_path, plan, entry["inputs"], opts, m.root / "trt-timing.cache")
         if not batches:
