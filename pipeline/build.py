@@ -282,6 +282,9 @@ def _build_trt_unit(m: Manifest, unit: str, precision: str, out: Path, calib: An
             break
     if precision == "int8" and cands[0][0] == "int8" and prec != "int8":
         kept.append(unit)
+    for _, path in cands:  # keep only the ONNX the plan was parsed from
+        if path != onnx_path and path.parent == out:
+            path.unlink(missing_ok=True)
     fields: dict[str, Any] = {k: entry[k] for k in ("role", "index", "inputs", "outputs")}
     fields.update(precision=prec, format="trt-plan", **trt_mod.plan_info(plan, opts),
                   io_bytes=trt_mod.io_bytes(entry, opts.max_shape),

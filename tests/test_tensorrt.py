@@ -177,6 +177,8 @@ def test_int8_falls_back_to_fp16_then_fp32(fake: Any, art: Path, monkeypatch: py
     info = m.data["variants"]["trt-int8"]
     assert set(info["kept_higher"]) == {"embeddings", "layer_00", "layer_01"}
     assert m.graphs["trt-int8/layer_01"]["source_onnx"].endswith("graphs/layer_01.onnx")
+    vdir = art / info["dir"]
+    assert sorted(p.name.split(".", 1)[1] for p in vdir.glob("layer_0*.*onnx")) == ["fp16.onnx", "qdq.onnx"]
 
 
 def test_build_plan_is_polygraphy_strongly_typed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, art: Path) -> None:
