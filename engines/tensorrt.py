@@ -281,9 +281,6 @@ class TrtBackend(Backend):
         self.grown = 0  # scratch growths after the reservation (0 in the runner: the manifest sized it)
         self.live: list[TrtEngine] = []
 
-    def variant_for(self, precision: str) -> str:
-        return f"trt-{precision}"
-
     # --- threads and runtimes ----------------------------------------------------------------
     def _bind_thread(self) -> None:
         """The CUDA runtime's current device is per thread: the prefetch thread must select it too."""

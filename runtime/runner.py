@@ -6,12 +6,14 @@ Device-side: imports numpy, tokenizers and the chosen backend only (no torch, no
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from nanotrt.runtime.artifact import Manifest
@@ -40,6 +42,7 @@ class RunStats:
     compute_s: float = 0.0
     wall_s: float = 0.0
     cache: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""  # the manifest variant that ran
 
     @property
     def avg_exit_layer(self) -> float:
@@ -74,13 +77,31 @@ def resolve_budget(text: str | int | None, manifest: Manifest, variant: str, res
     return parse_size(text)
 
 
+# --- thread safety (issue 14) ------------------------------------------------------------------
+# A Runner is NOT safe to drive from several threads at once: one residency-cache cursor, one walk.
+# Instead of failing, its public calls are serialized: concurrent callers wait on a per-runner lock
+# (re-entrant: predict calls run_encoded), so results equal a serial run and the budget holds.
+# For parallel throughput, use one Runner per thread (each with its own budget).
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serialized(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        lock = self.__dict__.setdefault("_call_lock", threading.RLock())  # dict.setdefault is atomic
+        with lock:
+            return fn(self, *args, **kwargs)
+    return call  # type: ignore[return-value]
+# --- end thread safety ---------------------------------------------------------------------------
+
+
 class Runner:
     def __init__(self, manifest: Manifest, backend: Backend, memory_budget: str | int | None = "all",
                  exit: str | ExitPolicy | None = "none", variant: str | None = None, prefetch: bool = True,
                  precision: str = "fp32"):
         self.manifest = manifest
         self.backend = backend
-        self.variant = variant or backend.variant_for(precision)
+        self.variant = variant or manifest.best_variant(precision, backend.name)  # rule: artifact.VARIANT_PREFERENCE
         self.schedule = manifest.schedule(self.variant)
         self.policy = parse_exit(exit, manifest.task_type)
         self.tokenizer = Tokenizer.from_manifest(manifest.root, manifest.tokenizer)
@@ -130,6 +151,7 @@ class Runner:
         finally:
             self.cache.release(pos)
 
+    @_serialized
     def run_encoded(self, enc: dict[str, np.ndarray],
                     stats: RunStats | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run one tokenized batch. Returns logits of each sample's exit ramp [B, L], its exit layer [B]
@@ -174,6 +196,7 @@ class Runner:
                 hidden, mask = np.ascontiguousarray(hidden[:, :width]), np.ascontiguousarray(mask[:, :width])
         return out_logits, out_layer, ramp_logits
 
+    @_serialized
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 1) -> Result:
         if isinstance(texts, str):
             texts = [texts]
@@ -191,6 +214,7 @@ class Runner:
         stats.wall_s = time.perf_counter() - t0
         stats.samples = len(texts)
         stats.cache = {**self.cache.stats.as_dict(), "backend_reserved_bytes": self.reserved}
+        stats.variant = self.variant
         logits = np.concatenate(all_logits) if all_logits else np.zeros((0, len(self.labels)), np.float32)
         layers = np.concatenate(all_layers) if all_layers else np.zeros(0, np.int64)
         ramps = np.concatenate(all_ramps) if all_ramps else np.zeros((0, self.n, len(self.labels)), np.float32)
@@ -211,6 +235,7 @@ class Runner:
                                         [int(x) for x in ran.argmax(-1)]))
         return preds
 
+    @_serialized
     def close(self) -> None:
         self.cache.close()
         self.backend.close()
