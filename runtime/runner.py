@@ -62,8 +62,9 @@ class Result:
         return np.array([p.label_id for p in self.predictions])
 
 
-def resolve_budget(text: str | int | None, manifest: Manifest, variant: str) -> int | None:
-    """``all`` / None -> unlimited; ``3layers`` -> room for 3 of the largest layer graphs; else bytes."""
+def resolve_budget(text: str | int | None, manifest: Manifest, variant: str, reserved: int = 0) -> int | None:
+    """``all`` / None -> unlimited; ``3layers`` -> room for 3 of the largest layer graphs plus the backend's
+    fixed working set (``reserved``); else bytes, the working set included."""
     if text is None or (isinstance(text, str) and text.strip().lower() in ("all", "", "none")):
         return None
     if isinstance(text, int):
@@ -72,7 +73,7 @@ def resolve_budget(text: str | int | None, manifest: Manifest, variant: str) -> 
     if m:
         sched = manifest.schedule(variant)
         biggest = max(int(manifest.graphs[n]["bytes"]) for n in sched.layers)
-        return int(m.group(1)) * biggest
+        return int(m.group(1)) * biggest + reserved
     return parse_size(text)
 
 
@@ -115,8 +116,17 @@ class Runner:
         order = [self.schedule.embeddings]
         for lay, ramp in zip(self.schedule.layers, self.schedule.ramps, strict=True):
             order += [lay, ramp]
-        self.budget = resolve_budget(memory_budget, manifest, self.variant)
-        self.cache = ResidencyCache(backend, manifest, order, self.budget, prefetch=prefetch)
+        self.reserved = backend.reserve(manifest, self.schedule.names())  # e.g. TensorRT scratch + I/O
+        self.budget = resolve_budget(memory_budget, manifest, self.variant, self.reserved)
+        engines = None if self.budget is None else self.budget - self.reserved
+        if engines is not None and self.reserved and engines < max(int(manifest.graphs[n]["bytes"]) for n in order):
+            biggest = max(int(manifest.graphs[n]["bytes"]) for n in order)
+            backend.close()
+            raise NanotrtError(
+                f"memory budget {fmt_bytes(self.budget or 0)} is smaller than the backend's working set "
+                f"({fmt_bytes(self.reserved)}: scratch and I/O buffers) plus the largest graph "
+                f"({fmt_bytes(biggest)}): use at least {fmt_bytes(self.reserved + biggest)}")
+        self.cache = ResidencyCache(backend, manifest, order, engines, prefetch=prefetch)
         total = sum(self.cache.sizes.values())
         backend.configure(swapping=self.budget is not None and self.budget < total)
         emb_inputs = [i["name"] for i in manifest.graphs[self.schedule.embeddings]["inputs"]]
@@ -215,7 +225,7 @@ class Runner:
             all_ramps.append(rl)
         stats.wall_s = time.perf_counter() - t0
         stats.samples = len(texts)
-        stats.cache = self.cache.stats.as_dict()
+        stats.cache = {**self.cache.stats.as_dict(), "backend_reserved_bytes": self.reserved}
         stats.variant = self.variant
         logits = np.concatenate(all_logits) if all_logits else np.zeros((0, len(self.labels)), np.float32)
         layers = np.concatenate(all_layers) if all_layers else np.zeros(0, np.int64)

@@ -8,11 +8,11 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import TINY_ARTIFACT
 from nanotrt.engines.onnxruntime import OrtBackend
 from nanotrt.runtime.runner import Runner
 
@@ -41,8 +41,8 @@ class BudgetCheckingBackend(OrtBackend):
         super().release(engine)
 
 
-def test_eight_threads_match_serial_under_streaming_budget(artifacts: dict[str, Path]) -> None:
-    art = artifacts["bert"]
+def test_eight_threads_match_serial_under_streaming_budget() -> None:
+    art = TINY_ARTIFACT
     with Runner.from_artifact(art, exit="patience=1") as r:
         serial = {t: r.predict([t]) for t in TEXTS}
     budget = Runner.from_artifact(art, memory_budget="2layers").budget
@@ -71,9 +71,9 @@ def test_eight_threads_match_serial_under_streaming_budget(artifacts: dict[str, 
     assert not [t for t in threading.enumerate() if t.name.startswith("nanotrt-prefetch")]
 
 
-def test_close_waits_for_a_running_predict(artifacts: dict[str, Path]) -> None:
+def test_close_waits_for_a_running_predict() -> None:
     """close() from another thread while predict runs: predict finishes normally, then the runner closes."""
-    runner = Runner.from_artifact(artifacts["bert"], memory_budget="1layer")
+    runner = Runner.from_artifact(TINY_ARTIFACT, memory_budget="1layer")
     with ThreadPoolExecutor(1) as pool:
         fut = pool.submit(runner.predict, TEXTS * 3, None, 1)
         while not runner.cache.stats.loads:  # wait until it is really inside predict
@@ -84,13 +84,13 @@ def test_close_waits_for_a_running_predict(artifacts: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("close", [True, False])
-def test_interpreter_exit_with_runner_open_or_closed(artifacts: dict[str, Path], close: bool) -> None:
+def test_interpreter_exit_with_runner_open_or_closed(close: bool) -> None:
     """An unclosed runner (prefetches possibly in flight) must not hang the interpreter or print a warning."""
     code = (
         "import sys, warnings\n"
         "warnings.simplefilter('always')\n"
         "from nanotrt.runtime.runner import Runner\n"
-        f"r = Runner.from_artifact({str(artifacts['bert'])!r}, memory_budget='1layer', prefetch=True)\n"
+        f"r = Runner.from_artifact({str(TINY_ARTIFACT)!r}, memory_budget='1layer', prefetch=True)\n"
         "r.predict(['one text', 'and another one'], batch_size=1)\n"
         "r.cache.prefetch(3)\n"  # a load in flight at exit
         + ("r.close()\n" if close else "")
