@@ -195,7 +195,6 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 
 _DELETE = object()
-ADAPTIVE = "exit-policy range checks land with the adaptive branch (runtime/exits.py)"
 STSB_HEADER = b"index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
 COLA_OK = b"gj04\t1\t\tA fine sentence.\n" * 4
 
@@ -281,10 +280,10 @@ CASES = [
     Case("exit-unknown", _predict("x", "--exit", "vibes=3"), "cannot read exit policy"),
     Case("exit-not-a-number", _predict("x", "--exit", "entropy=abc"), "bad number"),
     Case("exit-bad-extra", _predict("x", "--exit", "entropy=0.3,delta=1"), "cannot read exit policy"),
-    Case("exit-patience-zero", _predict("x", "--exit", "patience=0"), "patience", xfail=ADAPTIVE),
-    Case("exit-entropy-negative", _predict("x", "--exit", "entropy=-1"), "entropy", xfail=ADAPTIVE),
-    Case("exit-maxprob-above-one", _predict("x", "--exit", "maxprob=1.5"), "maxprob", xfail=ADAPTIVE),
-    Case("exit-depth-negative", _predict("x", "--exit", "depth=-1"), "depth", xfail=ADAPTIVE),
+    Case("exit-patience-zero", _predict("x", "--exit", "patience=0"), "patience"),
+    Case("exit-entropy-negative", _predict("x", "--exit", "entropy=-1"), "entropy"),
+    Case("exit-maxprob-above-one", _predict("x", "--exit", "maxprob=1.5"), "maxprob"),
+    Case("exit-depth-negative", _predict("x", "--exit", "depth=-1"), "depth"),
     # --- export: model directories --------------------------------------------------------------
     Case("model-missing", _export(_missing), "does not exist"),
     Case("model-no-config", _export(_empty_dir), "no config.json"),
