@@ -30,8 +30,8 @@ def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool) -> list[
         names.append(f"{prefix}-fp16")
     if int8:
         names.append(f"{prefix}-int8")
-        if dynamic and backend == "onnxruntime":
-            names.append("ort-int8-dynamic")
+    if dynamic and backend == "onnxruntime":  # needs no calibration data, so it does not need --int8
+        names.append("ort-int8-dynamic")
     if backend == "tensorrt" and not (fp16 or int8):
         names.append("trt-fp32")
     return names
@@ -182,7 +182,8 @@ def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_metho
             elif variant == "ort-int8-dynamic":
                 if not quantize_dynamic_int8(src, onnx_out):
                     precision = "fp32"
-                errors[unit] = relative_error(src, onnx_out, calib.batches(unit)) if calib else float("nan")
+                if calib:  # built alongside the static variant: measure it on the same calibration feeds
+                    errors[unit] = relative_error(src, onnx_out, calib.batches(unit))
             elif variant == "ort-int8":
                 if not quantize_static_qdq(src, onnx_out, calib.batches(unit), input_names, calib_method):
                     precision = "fp32"

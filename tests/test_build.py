@@ -146,3 +146,18 @@ def test_tensorrt_matches_onnxruntime(artifacts: dict[str, Path], tmp_path: Path
     with Runner.from_artifact(art, backend="tensorrt", precision="fp16") as r:
         got = r.predict(SENTS, batch_size=3).ramp_logits
     np.testing.assert_allclose(got, ref, atol=FP16_ATOL)
+
+
+def test_dynamic_int8_alone_needs_no_calibration(artifacts: dict[str, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import nanotrt.calibration.readers as cr
+
+    monkeypatch.setattr(cr, "collect", lambda *a, **k: pytest.fail("dynamic INT8 must not read calibration data"))
+    art = tmp_path / "art"
+    shutil.copytree(artifacts["bert"], art)
+    assert build(art, dynamic=True, data_dir=tmp_path) == ["ort-fp32", "ort-int8-dynamic"]
+    m = Manifest.load(art)
+    assert "ort-int8" not in m.variants and "rel_error" not in m.data["variants"]["ort-int8-dynamic"]
+    assert any(m.graphs[n]["precision"] == "int8" for n in m.schedule("ort-int8-dynamic").layers)
+    ref, q = _logits(art, "fp32"), _logits(art, "ort-int8-dynamic")
+    assert np.linalg.norm(q - ref) / np.linalg.norm(ref) < INT8_REL
