@@ -13,7 +13,7 @@ tokens (SST-2 dev sentences) and at 128 tokens.
 
 Exports and builds are cached under the nanotrt cache dir (``$NANOTRT_CACHE``, else ~/.cache/nanotrt)
 in ``memory-fit/<model>``; every run re-measures every row. ``--lock FILE`` takes an exclusive flock on FILE
-around each export/build and each row (a machine shared with other benchmarks); do not also wrap the whole
+around each model's export/build and around each model's rows (a machine shared with other benchmarks); do not also wrap the whole
 command in ``flock`` on the same file. Writes memory_fit.{json,md,png} into ``--out``.
 """
 
@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENIZERS = ROOT.parent / "shared" / "data" / "tokenizers"
 CAPS = {"256 MB": 256e6, "512 MB": 512e6, "1 GB": 1e9, "2 GB": 2e9}  # decimal: stricter than MiB/GiB
 WARMUP = 2
+WHOLE_INT8_RECIPE = 2  # part of the one-graph INT8 cache key: bump when quantize_whole changes
 ACCURACY_BATCH = 32
 RUNNER_VARIANT = {"fp32": "ort-fp32", "int8": "ort-int8-dynamic"}
 TARGETS = [  # issue 15: (model, row, cap in bytes)
@@ -121,7 +122,31 @@ MODELS: dict[str, RandomShape | DemoModel] = {
     "distilbert-base": RandomShape("DistilBERT-base", "distilbert", "bert-base-uncased",  # same vocab
                                    dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072, vocab_size=30522)),
     "minilm-l6": DemoModel("MiniLM-L6 (demo, CoLA)", "cola"),
+    "minilm-l6-sst2": DemoModel("MiniLM-L6 (demo, SST-2)", "sst2"),  # not by default: the same shape again
 }
+DEFAULT_MODELS = ["bert-base", "bert-large", "roberta-base", "albert-base", "distilbert-base", "minilm-l6"]
+
+
+def fold_weight_identities(src: Path, dst: Path) -> int:
+    """Point every consumer of ``Identity(initializer)`` at the initializer itself. The exporter routes
+    ALBERT's shared layer weights to layers 2..N through such Identity nodes, and the quantizer only
+    quantizes MatMuls that read an initializer directly: without this, the one-graph INT8 baseline of ALBERT
+    would quantize layer 1 only. Returns the number of nodes folded."""
+    import onnx
+
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in inits}
+    if alias:
+        keep = [n for n in g.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+        for n in keep:
+            for k, name in enumerate(n.input):
+                n.input[k] = alias.get(name, name)
+        del g.node[:]
+        g.node.extend(keep)
+    onnx.save(model, str(dst))
+    return len(alias)
 
 
 def quantize_whole(art: Path, out: Path, texts: list[str]) -> dict[str, Any]:
@@ -135,13 +160,17 @@ def quantize_whole(art: Path, out: Path, texts: list[str]) -> dict[str, Any]:
     m = Manifest.load(art)
     info_path = out.with_suffix(".json")
     sha = m.graphs["whole"]["sha256"]
-    if out.is_file() and info_path.is_file() and json.loads(info_path.read_text()).get("source_sha256") == sha:
-        return dict(json.loads(info_path.read_text()))
+    stamp = {"source_sha256": sha, "recipe": WHOLE_INT8_RECIPE}
+    if out.is_file() and info_path.is_file():
+        cached = json.loads(info_path.read_text())
+        if {k: cached.get(k) for k in stamp} == stamp:
+            return dict(cached)
     with atomic_file(out) as tmp:
-        quantize_dynamic_int8(m.verify("whole"), tmp)
+        folded = fold_weight_identities(m.verify("whole"), tmp)
+        quantize_dynamic_int8(tmp, tmp)
     tok = Tokenizer.from_manifest(m.root, m.tokenizer)
     batches = [tok(texts[i:i + 4]) for i in range(0, len(texts), 4)]
-    info = {"source_sha256": sha, "bytes": out.stat().st_size,
+    info = {**stamp, "bytes": out.stat().st_size, "identities_folded": folded,
             "rel_error_vs_fp32": relative_error(m.verify("whole"), out, batches)}
     write_json(info_path, info)
     return info
@@ -287,10 +316,12 @@ def _ort_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]]]
 
 
 def held_from_stats(cache: dict[str, Any]) -> dict[str, Any]:
-    """Engine bytes the runner held at its peak, plus activation bytes where the runtime reports them."""
-    act = next((v for k, v in cache.items() if "activation" in k and "peak" in k), None)
+    """Engine bytes the runner held at its peak, plus activation bytes (and their joint peak, what the budget
+    bounds) where the runtime reports them."""
+    act = cache.get("peak_activation_bytes")
     return {"engines": int(cache["peak_resident_bytes"]), "activations": None if act is None else int(act),
-            "loads": cache.get("loads"), "load_s": cache.get("load_s"), "wait_s": cache.get("wait_s")}
+            "total": cache.get("peak_total_bytes"), "loads": cache.get("loads"), "load_s": cache.get("load_s"),
+            "wait_s": cache.get("wait_s")}
 
 
 def _runner_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]]]:
@@ -472,8 +503,10 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def held_text(r: dict[str, Any]) -> str:
     h = r["held"]
     if "engines" in h:
-        act = "activations not reported" if h["activations"] is None else f"+ {mb(h['activations'])} activations"
-        return f"{mb(h['engines'])} engines {act}"
+        if h["activations"] is None:
+            return f"{mb(h['engines'])} engines (activations not reported)"
+        total = f", {mb(h['total'])} together" if h.get("total") is not None else ""
+        return f"{mb(h['engines'])} engines + {mb(h['activations'])} activations{total}"
     return f"{mb(h['weights'])} weights"
 
 
@@ -589,6 +622,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
 
     models, rows = report["models"], [r for r in report["rows"] if "error" not in r]
     colors = {n: plt.get_cmap("tab10")(i) for i, n in enumerate(models)}
@@ -605,6 +639,11 @@ def chart(report: dict[str, Any], path: Path) -> None:
         ax.text(1.0, limit / 1e6, f" {cap}", transform=ax.get_yaxis_transform(), va="center", fontsize=8, color="gray")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
+    ax.tick_params(which="minor", labelsize=7)
     ax.set_xlabel("latency per sample, batch 1, 128 tokens (ms, log)")
     ax.set_ylabel("peak RSS (MB, log)")
     ax.set_title("Peak RSS vs latency: each point one row in its own process; dashed: memory caps")
@@ -625,38 +664,45 @@ def chart(report: dict[str, Any], path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 def measure(prepared: dict[str, dict[str, Any]], rows: list[Row], args: argparse.Namespace) -> list[dict[str, Any]]:
-    from nanotrt.pipeline.progress import console, progress
+    from nanotrt.pipeline.progress import progress
 
     results = []
     with progress() as bar:
         job = bar.add_task("memory fit", total=len(prepared) * len(rows), info="")
         for name, info in prepared.items():
-            for row in rows:
-                bar.update(job, info=f"{info['label']}: {row.name}")
-                spec = {**asdict(row), "artifact": info["artifact"], "whole_int8": info["whole_int8"],
-                        "torch_loader": info["torch_loader"], "torch_path": info["torch_path"],
-                        "task": info["accuracy_task"], "examples": args.examples, "data_dir": args.data_dir,
-                        "accuracy_limit": args.accuracy_limit}
-                with cpu_lock(args.lock):
-                    res = run_child(spec, args.timeout)
-                r = {"model": name, "row": row.name, **asdict(row), **res}
-                results.append(r)
-                msg = r["error"] if "error" in r else (f"peak RSS {mb(r['peak_rss']):>8}  {latency(r, 'short'):7.1f} / "
-                                                       f"{latency(r):7.1f} ms")
-                console.print(f"{info['label']:<24} {row.name:<30} {msg}", soft_wrap=True)
-                bar.advance(job)
+            with cpu_lock(args.lock):  # one model's rows together: fewer waits on a contended lock
+                results += measure_model(name, info, rows, args, bar, job)
+    return results
+
+
+def measure_model(name: str, info: dict[str, Any], rows: list[Row], args: argparse.Namespace, bar: Any,
+                  job: Any) -> list[dict[str, Any]]:
+    from nanotrt.pipeline.progress import console
+
+    results = []
+    for row in rows:
+        bar.update(job, info=f"{info['label']}: {row.name}")
+        spec = {**asdict(row), "artifact": info["artifact"], "whole_int8": info["whole_int8"],
+                "torch_loader": info["torch_loader"], "torch_path": info["torch_path"],
+                "task": info["accuracy_task"], "examples": args.examples, "data_dir": args.data_dir,
+                "accuracy_limit": args.accuracy_limit}
+        r = {"model": name, "row": row.name, **asdict(row), **run_child(spec, args.timeout)}
+        results.append(r)
+        msg = r["error"] if "error" in r else f"peak RSS {mb(r['peak_rss']):>8}  {latency(r, 'short'):7.1f} / {latency(r):7.1f} ms"
+        console.print(f"{info['label']:<24} {row.name:<30} {msg}", soft_wrap=True)
+        bar.advance(job)
     return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of: {', '.join(MODELS)}")
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, of: {', '.join(MODELS)}")
     ap.add_argument("--rows", default=None, help="only rows whose name contains one of these comma-separated words")
     ap.add_argument("--examples", type=int, default=12, help="timed inputs per length and row (after warm-up)")
     ap.add_argument("--accuracy-limit", type=int, default=None, help="dev examples for the accuracy column")
     ap.add_argument("--data-dir", default=None, help="GLUE dir (default: $NANOTRT_GLUE_DIR or ../shared/data/glue)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--lock", type=Path, default=None, help="flock this file around each export/build and row")
+    ap.add_argument("--lock", type=Path, default=None, help="flock this file around each model's export/build and rows")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per row")
     ap.add_argument("--prepare-only", action="store_true", help="export and build what the rows need, measure nothing")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -682,7 +728,9 @@ def main() -> None:
         for i, n in enumerate(names, 1):
             console.print(f"[bold]prepare {i}/{len(names)}: {MODELS[n].label}[/] (cached in {cache_dir() / 'memory-fit' / n})")
             with cpu_lock(a.lock):
+                t0 = time.perf_counter()
                 prepared[n] = prepare(n, cache_dir() / "memory-fit" / n, a.data_dir)
+                console.print(f"{MODELS[n].label}: ready in {time.perf_counter() - t0:.0f} s")
     except NanotrtError as e:
         console.print(f"[red]error:[/] {e}", soft_wrap=True)
         raise SystemExit(2) from None
