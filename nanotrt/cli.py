@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from nanotrt.extras import extra_for_module, missing_message, require
 from nanotrt.runtime.errors import NanotrtError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,6 +34,7 @@ def export(
     whole: Annotated[bool, typer.Option(help="also export the whole model as one graph (bench baseline)")] = False,
 ) -> None:
     """Cut a model into embeddings / layer / ramp ONNX graphs plus manifest.json."""
+    require("export", "`nanotrt export`")
     from nanotrt.pipeline.export import export_model
     from nanotrt.pipeline.model import load_model
 
@@ -59,6 +61,7 @@ def train(
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir (default $NANOTRT_GLUE_DIR or ../shared/data/glue)")] = None,
 ) -> None:
     """Train off-ramps on a GLUE task; prints and saves the dev metric of every ramp."""
+    require("train", "`nanotrt train`")
     from nanotrt.pipeline.train import TrainConfig, print_ramp_table
     from nanotrt.pipeline.train import train as run_train
 
@@ -89,6 +92,7 @@ def build(
     legacy_calib_cache: Annotated[bool, typer.Option(help="also write a TensorRT 8.x calibration cache")] = False,
 ) -> None:
     """Add optimized / FP16 / INT8 engines for a backend to an artifact (atomic, idempotent)."""
+    require("export", "`nanotrt build`")  # onnx for graph surgery and quantization
     from nanotrt.pipeline.build import build as run_build
 
     trt_options = None
@@ -124,6 +128,7 @@ def bench(
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
 ) -> None:
     """Accuracy / speed / memory table: early exit vs PyTorch eager and one-graph ORT, on the same inputs."""
+    require("bench", "`nanotrt bench`")
     from nanotrt.pipeline.benchreport import print_table, run_bench
 
     report = run_bench(task, artifact, exit=exit, budget=memory_budget, batch_size=batch_size, sweep=sweep,
@@ -157,8 +162,10 @@ def predict(
     backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt | torch")] = "onnxruntime",
     memory_budget: Annotated[str, typer.Option(help="engine memory budget: all, 300MB, 2GB, 2layers")] = "all",
     exit: Annotated[str, typer.Option("--exit", help="none, patience=3, entropy=0.3, maxprob=0.9, depth=4")] = "none",
-    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (built variants)")] = "fp32",
-    variant: Annotated[str | None, typer.Option(help="manifest variant to run (overrides --precision)")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8: runs the best variant the artifact has at "
+                                                "this precision (built before exported)")] = "fp32",
+    variant: Annotated[str | None, typer.Option(help="manifest variant to run, e.g. fp32 or ort-int8 "
+                                                     "(overrides --precision)")] = None,
     prefetch: Annotated[bool, typer.Option(help="load the next layer on a background thread")] = True,
     batch_size: Annotated[int, typer.Option(help="samples per batch (each exits on its own)")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per input")] = False,
@@ -184,7 +191,7 @@ def predict(
             _out(f"{p.label}\t{probs}\texit@{p.exit_layer}/{runner.n}\tramps=[{ramps}]\t{text}")
     if stats:
         s = res.stats
-        typer.echo(json.dumps({"samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
+        typer.echo(json.dumps({"variant": s.variant, "samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
                                "compute_s": s.compute_s, "layer_time_s": s.layer_time_s,
                                "budget": runner.describe_budget(), **s.cache}, indent=1), err=True)
 
@@ -194,6 +201,7 @@ def demo(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="artifact dir (default: cache)")] = None,
 ) -> None:
     """Export the embedded MiniLM-L6 demo model (mean-pooled ramps, untrained) and stream a few predictions."""
+    require("demo", "`nanotrt demo`")
     from nanotrt.pipeline.demo import cache_dir, demo_model_dir
     from nanotrt.pipeline.export import export_model
     from nanotrt.pipeline.model import load_model
@@ -219,6 +227,12 @@ def main() -> None:
         app()
     except NanotrtError as e:
         typer.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    except ModuleNotFoundError as e:  # an optional dependency reached past a command's upfront check
+        extra = extra_for_module(e.name or "")
+        if extra is None:
+            raise
+        typer.echo(f"error: {missing_message('this command', e.name or '', extra)}", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

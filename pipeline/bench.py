@@ -5,8 +5,9 @@ Every row runs in its own child process, one after another, so that each row's p
 split with the artifact's tokenizer.json, so all rows see identical token ids.
 
 Rows: 1 torch-full (eager, full depth) · 2 torch-exit (the PABEE/DeeBERT reference loop, batch 1) ·
-3 ort-whole (one ONNX graph, all resident) · 4 nanotrt-full (per-layer, all resident, no exit) ·
-5 nanotrt-exit fp32 / int8 at the chosen memory budget.
+3 ort-whole (one ONNX graph, all resident; FP32, and dynamic INT8 as the INT8 baseline) · 4 nanotrt-full
+(per-layer, all resident, no exit) · 5 nanotrt-exit fp32 / int8 at the chosen memory budget.
+Each row carries a ``key`` (stable, for lookups) besides its display name.
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ class RowSpec:
     kind: str  # torch-full | torch-exit | ort-whole | runner
     artifact: str
     task: str
+    key: str = ""  # stable id the report looks rows up by ("torch-full", "ort-whole-int8", ...)
+    graph: str = "whole"  # ort-whole: which one-graph model (FP32 "whole" or its dynamic INT8 build)
     data_dir: str | None = None
     limit: int | None = None
     exit: str = "none"
-    variant: str = "fp32"
+    variant: str | None = None  # runner: None = the artifact's best variant at ``precision`` (the runner's rule)
+    precision: str = "fp32"
     budget: str = "all"
     batch_size: int = 1
     prefetch: bool = True
@@ -129,7 +133,8 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
 
         outs, lat, wall = _time_batches(batches, full if spec.kind == "torch-full" else exit_)
         logits, layers = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
-        return _summary(task, labels, logits, layers, lat, wall, n, {"torch_imported": True})
+        return _summary(task, labels, logits, layers, lat, wall, n, {"precision": "fp32", "variant": "checkpoint",
+                                                                    "torch_imported": True})
 
     if spec.kind == "ort-whole":
         import onnxruntime as ort
@@ -137,13 +142,14 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
         so = ort.SessionOptions()
         if spec.threads:
             so.intra_op_num_threads = spec.threads
-        sess = ort.InferenceSession(str(m.verify("whole")), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(m.verify(spec.graph)), so, providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
         outs, lat, wall = _time_batches(batches, lambda b: sess.run(None, {k: b[k] for k in names})[0])
         logits = np.concatenate(outs)
-        res = _summary(task, labels, logits, np.full(len(logits), n), lat, wall, n,
-                       {"engine_peak_bytes": int(m.graphs["whole"]["bytes"]), "torch_imported": "torch" in sys.modules})
-        return res
+        entry = m.graphs[spec.graph]
+        return _summary(task, labels, logits, np.full(len(logits), n), lat, wall, n,
+                        {"engine_peak_bytes": int(entry["bytes"]), "precision": entry["precision"], "variant": spec.graph,
+                         "torch_imported": "torch" in sys.modules})
 
     from nanotrt.runtime.backend import get_backend
     from nanotrt.runtime.runner import Runner, RunStats
@@ -152,13 +158,14 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
     for exit_spec in spec.sweep or [spec.exit]:
         backend = get_backend("onnxruntime", threads=spec.threads)
         with Runner(m, backend, memory_budget=spec.budget, exit=exit_spec, variant=spec.variant,
-                    prefetch=spec.prefetch) as runner:
+                    prefetch=spec.prefetch, precision=spec.precision) as runner:
             stats = RunStats()
             outs, lat, wall = _time_batches(batches, lambda b, r=runner, s=stats: r.run_encoded(b, s)[:2])
             logits, layers = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
             cache = runner.cache.stats
             results.append(_summary(task, labels, logits, layers, lat, wall, n, {
-                "exit": exit_spec, "variant": spec.variant, "budget": runner.describe_budget(),
+                "exit": exit_spec, "variant": runner.variant, "budget": runner.describe_budget(),
+                "precision": m.data["variants"][runner.variant].get("precision", "fp32"),
                 "engine_peak_bytes": cache.peak_resident_bytes, "load_s": cache.load_s, "wait_s": cache.wait_s,
                 "loads": cache.loads, "torch_imported": "torch" in sys.modules}))
     return results if spec.sweep else results[0]

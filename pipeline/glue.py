@@ -25,10 +25,16 @@ class Task:
     dir: str
     text_cols: tuple[str | int, ...]  # header names, or indices for headerless files
     label_col: str | int
-    labels: tuple[str, ...]  # () for regression
-    metrics: tuple[str, ...]
+    labels: tuple[str, ...]  # the label values in the file, in class-id order; () for regression
+    metrics: tuple[str, ...]  # GLUE's, in the leaderboard's order: the first one is the task's main metric
     header: bool = True
     files: dict[str, str] = field(default_factory=lambda: {"train": "train.tsv", "dev": "dev.tsv"})
+    names: tuple[str, ...] = ()  # human label names per class id, where the file's values are numbers
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """What a model trained on this task calls its classes (``score`` for regression)."""
+        return self.names or self.labels or ("score",)
 
     @property
     def num_labels(self) -> int:
@@ -46,20 +52,33 @@ class Task:
 _NLI3 = ("contradiction", "entailment", "neutral")
 _ENT2 = ("entailment", "not_entailment")
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("cola", "CoLA", (3,), 1, ("0", "1"), ("mcc",), header=False),
-    Task("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",)),
-    Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("accuracy", "f1")),
+    Task("cola", "CoLA", (3,), 1, ("0", "1"), ("mcc",), header=False, names=("unacceptable", "acceptable")),
+    Task("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",), names=("negative", "positive")),
+    Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("f1", "accuracy"),
+         names=("not_equivalent", "equivalent")),
     Task("stsb", "STS-B", ("sentence1", "sentence2"), "score", (), ("pearson", "spearman")),
-    Task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("accuracy", "f1")),
+    Task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("f1", "accuracy"),
+         names=("not_duplicate", "duplicate")),
     Task("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", _NLI3, ("accuracy",),
          files={"train": "train.tsv", "dev": "dev_matched.tsv"}),
     Task("mnli-mm", "MNLI", ("sentence1", "sentence2"), "gold_label", _NLI3, ("accuracy",),
          files={"train": "train.tsv", "dev": "dev_mismatched.tsv"}),
     Task("qnli", "QNLI", ("question", "sentence"), "label", _ENT2, ("accuracy",)),
     Task("rte", "RTE", ("sentence1", "sentence2"), "label", _ENT2, ("accuracy",)),
-    Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",)),
+    Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",),
+         names=("not_entailment", "entailment")),
 ]}
 ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli_mm": "mnli-mm", "mnli-mismatched": "mnli-mm"}
+
+
+def label_names(task: str | None, labels: list[str]) -> list[str]:
+    """The label names to publish for a checkpoint trained on ``task``: the task's names where the
+    checkpoint still carries the file's raw values (checkpoints trained before names existed), else its
+    own (a user's HF checkpoint keeps its ``id2label``)."""
+    t = TASKS.get(ALIASES.get((task or "").lower(), (task or "").lower()))
+    if t is not None and tuple(labels) == (t.labels or ("score",)):
+        return list(t.label_names)
+    return list(labels)
 
 
 def get_task(name: str) -> Task:

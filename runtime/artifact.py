@@ -27,6 +27,22 @@ FORMAT = "nanotrt-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
+# Which variant runs when none is named: per (backend, precision), the first of these the artifact has.
+# Built before exported: `nanotrt build` optimizes offline and stores weights as external data, so a
+# layer loads several times faster per swap (benchmarks/results/streaming_memory.md). For INT8 the
+# static QDQ build (calibrated, graphs over the error tolerance kept in FP32) before ORT dynamic.
+# Precision is never changed silently: a precision the artifact lacks is an error naming the build.
+VARIANT_PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
+    ("onnxruntime", "fp32"): ("ort-fp32", "fp32"),
+    ("onnxruntime", "fp16"): ("ort-fp16",),
+    ("onnxruntime", "int8"): ("ort-int8", "ort-int8-dynamic"),
+    ("tensorrt", "fp32"): ("trt-fp32",),
+    ("tensorrt", "fp16"): ("trt-fp16",),
+    ("tensorrt", "int8"): ("trt-int8",),
+    ("torch", "fp32"): ("fp32",),  # the eager reference runs the checkpoint; the schedule only names roles
+}
+_BUILD_FLAGS = {"fp32": "", "fp16": " --fp16", "int8": " --int8 --calib-task TASK"}
+
 
 @dataclass
 class Schedule:
@@ -106,6 +122,27 @@ class Manifest:
                 "build it with `nanotrt build`"
             )
         return Schedule(v["embeddings"], list(v["layers"]), list(v["ramps"]))
+
+    def variant_choices(self, precision: str = "fp32", backend: str = "onnxruntime") -> list[str]:
+        """The variants of this artifact that run ``precision`` on ``backend``, best first
+        (``VARIANT_PREFERENCE``)."""
+        known = {p for _, p in VARIANT_PREFERENCE}
+        if precision not in known:
+            raise NanotrtError(f"unknown precision '{precision}': use one of {', '.join(sorted(known))}")
+        if (backend, precision) not in VARIANT_PREFERENCE:
+            raise NanotrtError(f"backend '{backend}' does not run {precision}: pick another precision or "
+                               "name a variant (--variant)")
+        return [v for v in VARIANT_PREFERENCE[backend, precision] if v in self.data["variants"]]
+
+    def best_variant(self, precision: str = "fp32", backend: str = "onnxruntime") -> str:
+        """The variant a runner uses when none is named: the best of ``variant_choices``."""
+        choices = self.variant_choices(precision, backend)
+        if not choices:
+            wanted = " or ".join(VARIANT_PREFERENCE[backend, precision])
+            flags = (" --backend tensorrt" if backend == "tensorrt" else "") + _BUILD_FLAGS[precision]
+            raise NanotrtError(f"artifact '{self.root}' has no {precision} variant for {backend} (wanted {wanted}; "
+                               f"it has: {', '.join(self.variants)}): build it with `nanotrt build {self.root}{flags}`")
+        return choices[0]
 
     def path(self, name: str) -> Path:
         return self.root / self.graphs[name]["file"]

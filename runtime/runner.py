@@ -40,6 +40,7 @@ class RunStats:
     compute_s: float = 0.0
     wall_s: float = 0.0
     cache: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""  # the manifest variant that ran
 
     @property
     def avg_exit_layer(self) -> float:
@@ -79,7 +80,7 @@ class Runner:
                  precision: str = "fp32"):
         self.manifest = manifest
         self.backend = backend
-        self.variant = variant or backend.variant_for(precision)
+        self.variant = variant or manifest.best_variant(precision, backend.name)  # rule: artifact.VARIANT_PREFERENCE
         self.schedule = manifest.schedule(self.variant)
         self.policy = parse_exit(exit, manifest.task_type)
         self.tokenizer = Tokenizer.from_manifest(manifest.root, manifest.tokenizer)
@@ -181,6 +182,7 @@ class Runner:
         stats.wall_s = time.perf_counter() - t0
         stats.samples = len(texts)
         stats.cache = self.cache.stats.as_dict()
+        stats.variant = self.variant
         logits = np.concatenate(all_logits) if all_logits else np.zeros((0, len(self.labels)), np.float32)
         layers = np.concatenate(all_layers) if all_layers else np.zeros(0, np.int64)
         ramps = np.concatenate(all_ramps) if all_ramps else np.zeros((0, self.n, len(self.labels)), np.float32)

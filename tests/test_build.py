@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,48 @@ def test_precision_selects_variant(built: Path) -> None:
         assert all(r.manifest.graphs[n]["precision"] in ("int8", "fp32") for n in r.schedule.names())
 
 
+def test_default_runner_uses_the_best_variant(built: Path, artifacts: dict[str, Path]) -> None:
+    """Built before exported, at the requested precision; ``variant`` overrides; stats name what ran."""
+    with Runner.from_artifact(artifacts["bert"]) as r:  # exported only
+        assert r.variant == "fp32" and r.predict(["a text"]).stats.variant == "fp32"
+    with Runner.from_artifact(built, memory_budget="2layers") as r:
+        assert r.variant == "ort-fp32" and r.predict(["a text"]).stats.variant == "ort-fp32"
+    with Runner.from_artifact(built, precision="fp16") as r:
+        assert r.variant == "ort-fp16"
+    with Runner.from_artifact(built, variant="fp32") as r:
+        assert r.variant == "fp32" and r.predict(["a text"]).stats.variant == "fp32"
+    with pytest.raises(NanotrtError, match=r"no int8 variant for onnxruntime.*nanotrt build .* --int8"):
+        Runner.from_artifact(artifacts["bert"], precision="int8")
+    with pytest.raises(NanotrtError, match="unknown precision 'int4'"):
+        Runner.from_artifact(built, precision="int4")
+
+
+def test_variant_preference_rule(built: Path) -> None:
+    m = Manifest.load(built)
+    assert m.variant_choices("int8") == ["ort-int8", "ort-int8-dynamic"]  # static (calibrated) first
+    assert m.best_variant("fp32", "torch") == "fp32"  # the eager reference runs the checkpoint
+    del m.data["variants"]["ort-int8"]  # in memory only
+    assert m.best_variant("int8") == "ort-int8-dynamic"
+    with pytest.raises(NanotrtError, match="--backend tensorrt --fp16"):
+        m.best_variant("fp16", "tensorrt")
+    with pytest.raises(NanotrtError, match="backend 'torch' does not run int8"):
+        m.best_variant("int8", "torch")
+
+
+def test_cli_predict_stats_name_the_variant(built: Path) -> None:
+    def predict(*extra: str) -> tuple[str, dict[str, object]]:
+        p = subprocess.run([sys.executable, "-m", "nanotrt", "predict", str(built), "a text", "--stats", *extra],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p.stdout, json.loads(p.stderr[p.stderr.index("{"):])
+
+    out, stats = predict()
+    assert stats["variant"] == "ort-fp32"
+    assert out.split("\t")[0] in ("LABEL_0", "LABEL_1")  # the HF checkpoint's own id2label
+    assert predict("--variant", "fp32")[1]["variant"] == "fp32"
+    assert predict("--precision", "int8")[1]["variant"] == "ort-int8"
+
+
 def test_manifest_integrity_after_build(built: Path) -> None:
     m = Manifest.load(built)
     assert {"fp32", "ort-fp32", "ort-fp16", "ort-int8", "ort-int8-dynamic"} <= set(m.variants)
@@ -70,24 +114,31 @@ def test_rebuild_is_idempotent(built: Path) -> None:
     assert sorted(p.name for p in built.iterdir()) == dirs
 
 
-def test_calibration_reads_train_split_only(artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibration_reads_train_split_only(artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
     import nanotrt.calibration.readers as cr
+    import nanotrt.pipeline.glue as glue
 
     seen: list[str] = []
-    real = cr.read_split
+    real = glue.read_split
 
     def spy(task: str, split: str = "dev", *a: object, **k: object) -> object:
         seen.append(split)
         return real(task, split, *a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cr, "read_split", spy)
-    m = Manifest.load(artifacts["bert"])
-    cs = cr.collect(m, "cola", size=8, data_dir=FIX)
+    monkeypatch.setattr(glue, "read_split", spy)
+    sets: list[cr.CalibrationSet] = []
+    real_collect = cr.collect
+    monkeypatch.setattr(cr, "collect", lambda *a, **k: sets.append(real_collect(*a, **k)) or sets[-1])
+    art = tmp_path / "art"
+    shutil.copytree(artifacts["bert"], art)
+    build(art, int8=True, calib_task="cola", calib_size=8, data_dir=FIX)
     assert seen == ["train"]
+    m = Manifest.load(art)
     sched = m.schedule()
     # layer i is calibrated on what the FP32 prefix produces: ramp i's input is layer i's output
-    assert cs.batches(sched.layers[1])[0]["hidden_states"].shape[-1] == m.data["hidden_size"]
-    assert sum(len(b["input_ids"]) for b in cs.batches(sched.embeddings)) == 8
+    assert sets[0].batches(sched.layers[1])[0]["hidden_states"].shape[-1] == m.data["hidden_size"]
+    assert sum(len(b["input_ids"]) for b in sets[0].batches(sched.embeddings)) == 8
 
 
 def test_interrupted_build_leaves_previous_artifact(artifacts: dict[str, Path], tmp_path: Path,
