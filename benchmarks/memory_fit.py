@@ -664,7 +664,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 def measure(prepared: dict[str, dict[str, Any]], rows: list[Row], args: argparse.Namespace) -> list[dict[str, Any]]:
-    from nanotrt.pipeline.progress import progress
+    from nanotrt.runtime.progress import progress
 
     results = []
     with progress() as bar:
@@ -677,7 +677,7 @@ def measure(prepared: dict[str, dict[str, Any]], rows: list[Row], args: argparse
 
 def measure_model(name: str, info: dict[str, Any], rows: list[Row], args: argparse.Namespace, bar: Any,
                   job: Any) -> list[dict[str, Any]]:
-    from nanotrt.pipeline.progress import console
+    from nanotrt.runtime.progress import console
 
     results = []
     for row in rows:
@@ -712,9 +712,9 @@ def main() -> None:
         return
     from nanotrt.pipeline.bench import machine_info
     from nanotrt.pipeline.demo import cache_dir
-    from nanotrt.pipeline.progress import console
     from nanotrt.runtime.errors import NanotrtError
     from nanotrt.runtime.fsutil import atomic_file, write_json
+    from nanotrt.runtime.progress import console
 
     names = [n.strip() for n in a.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]

@@ -124,7 +124,9 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
             console.print(f"{variant}: up to date")
             built.append(variant)
             continue
-        if "int8" in variant and calib is None:  # dynamic INT8 too: its per-graph error is measured on it
+        # Dynamic INT8 too when there is a task: its per-graph error is measured on it (without one, as in
+        # `nanotrt build --dynamic` alone, it needs no data).
+        if "int8" in variant and calib is None and (variant != "ort-int8-dynamic" or calib_task):
             from nanotrt.calibration.readers import collect
             from nanotrt.pipeline.glue import read_split
 
