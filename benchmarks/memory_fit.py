@@ -4,7 +4,7 @@
 
 Models: BERT-base, BERT-large, RoBERTa-base, ALBERT-base, DistilBERT-base as random-weight shapes with their
 real tokenizers (../shared/data/tokenizers), and the demo MiniLM-L6 trained on CoLA (real weights: its rows
-carry the CoLA dev metric). Rows per model, each in its own child process so its peak RSS (VmHWM) is its own:
+carry the CoLA dev metric; ``--models minilm-l6-sst2`` adds the SST-2 demo). Rows per model, each in its own child process so its peak RSS (VmHWM) is its own:
 PyTorch eager FP32 · one ORT graph FP32 · one ORT graph dynamic INT8 · nanotrt all resident, FP32 and INT8 ·
 nanotrt at budgets of 4, 2 and 1 layers, FP32 and INT8. nanotrt's INT8 is the `ort-int8-dynamic` build (the
 same ORT dynamic quantization as the one-graph INT8 row, no calibration data: a random-weight shape has no
@@ -127,28 +127,6 @@ MODELS: dict[str, RandomShape | DemoModel] = {
 DEFAULT_MODELS = ["bert-base", "bert-large", "roberta-base", "albert-base", "distilbert-base", "minilm-l6"]
 
 
-def fold_weight_identities(src: Path, dst: Path) -> int:
-    """Point every consumer of ``Identity(initializer)`` at the initializer itself. The exporter routes
-    ALBERT's shared layer weights to layers 2..N through such Identity nodes, and the quantizer only
-    quantizes MatMuls that read an initializer directly: without this, the one-graph INT8 baseline of ALBERT
-    would quantize layer 1 only. Returns the number of nodes folded."""
-    import onnx
-
-    model = onnx.load(str(src))
-    g = model.graph
-    inits = {i.name for i in g.initializer}
-    alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in inits}
-    if alias:
-        keep = [n for n in g.node if not (n.op_type == "Identity" and n.output[0] in alias)]
-        for n in keep:
-            for k, name in enumerate(n.input):
-                n.input[k] = alias.get(name, name)
-        del g.node[:]
-        g.node.extend(keep)
-    onnx.save(model, str(dst))
-    return len(alias)
-
-
 def quantize_whole(art: Path, out: Path, texts: list[str]) -> dict[str, Any]:
     """The one-graph INT8 baseline: ORT dynamic quantization of the whole graph (the same weight MatMuls
     nanotrt quantizes per layer), checked against the FP32 graph; cached by the FP32 graph's sha256."""
@@ -165,12 +143,11 @@ def quantize_whole(art: Path, out: Path, texts: list[str]) -> dict[str, Any]:
         cached = json.loads(info_path.read_text())
         if {k: cached.get(k) for k in stamp} == stamp:
             return dict(cached)
-    with atomic_file(out) as tmp:
-        folded = fold_weight_identities(m.verify("whole"), tmp)
-        quantize_dynamic_int8(tmp, tmp)
+    with atomic_file(out) as tmp:  # folds ALBERT's Identity-routed shared weights first (calibration.quantize)
+        quantize_dynamic_int8(m.verify("whole"), tmp)
     tok = Tokenizer.from_manifest(m.root, m.tokenizer)
     batches = [tok(texts[i:i + 4]) for i in range(0, len(texts), 4)]
-    info = {**stamp, "bytes": out.stat().st_size, "identities_folded": folded,
+    info = {**stamp, "bytes": out.stat().st_size,
             "rel_error_vs_fp32": relative_error(m.verify("whole"), out, batches)}
     write_json(info_path, info)
     return info
@@ -589,7 +566,11 @@ def markdown(report: dict[str, Any]) -> str:
              "(SST-2 dev sentences) and 128 tokens. **Fits** = peak RSS at or under the cap (decimal MB/GB, stricter "
              "than MiB/GiB). nanotrt runs at full depth (no early exit), so every row does the same work; its INT8 "
              "rows are the `ort-int8-dynamic` build and its FP32 rows the `ort-fp32` build (offline-optimized). "
-             "Budgets of N layers are room for N of the largest layer graphs of that precision.", "",
+             "Budgets of N layers are room for N of the largest layer graphs of that precision. *After imports* is "
+             "the RSS once the row's libraries are imported, *after load* once its model, session or runner exists "
+             "(nanotrt loads engines on first use, so for its rows that is the tokenizer and runtime only); *held at "
+             "peak* is what the runtime accounts for (engines, plus activations where it reports them) or the "
+             "weights of the baselines.", "",
              "## The largest model per memory cap", ""]
     lines += [f"- {h}" for h in headline(models, rows)] + ["", "## Targets (issue 15)", "",
                                                          "| model | row | target | peak RSS | met |", "|---|---|---|---|---|"]

@@ -146,23 +146,3 @@ def test_shapes_have_their_tokenizers() -> None:
         if isinstance(model, mf.RandomShape):
             assert (mf.TOKENIZERS / model.tokenizer).is_dir(), name
 
-
-def test_shared_weights_behind_identity_nodes_get_quantized(tmp_path: Path) -> None:
-    """ALBERT's exporter feeds layers 2..N their shared weights through Identity nodes; the one-graph INT8
-    baseline must quantize those MatMuls too, not only layer 1's."""
-    import numpy as np
-    import onnx
-    from nanotrt.calibration.quantize import quantize_dynamic_int8
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Identity", ["w"], ["w_shared"]),
-             helper.make_node("MatMul", ["h", "w_shared"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [w])
-    src, dst = tmp_path / "src.onnx", tmp_path / "dst.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
-    assert mf.fold_weight_identities(src, dst) == 1
-    quantize_dynamic_int8(dst, dst)
-    ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
-    assert ops.count("MatMulInteger") == 2 and "Identity" not in ops and "MatMul" not in ops
