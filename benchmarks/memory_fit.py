@@ -193,7 +193,8 @@ for _budget, _text in (("all", "all resident"), ("4layers", "4 layers"), ("2laye
 
 
 # --------------------------------------------------------------------------------------------
-# child side: one row, one process. Each loader returns (infer(texts) -> logits, held() -> bytes dict).
+# child side: one row, one process. Each loader returns infer(texts) -> logits, held() -> bytes dict,
+# and the tokenizer it uses.
 # --------------------------------------------------------------------------------------------
 
 Infer = Callable[[list[str]], np.ndarray]
@@ -259,7 +260,7 @@ def _nanotrt_eager(path: str) -> tuple[Any, Callable[[dict[str, Any]], Any]]:
 EAGER = {"hf": _hf_eager, "nanotrt": _nanotrt_eager}
 
 
-def _torch_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]]]:
+def _torch_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]], Any]:
     import torch
 
     tok = _tokenizer(spec["artifact"])
@@ -271,10 +272,10 @@ def _torch_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]
         enc = {k: torch.from_numpy(v) for k, v in tok(texts).items()}
         return np.asarray(forward(enc).float().numpy())
 
-    return infer, lambda: {"weights": params, "activations": None}
+    return infer, lambda: {"weights": params, "activations": None}, tok
 
 
-def _ort_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]]]:
+def _ort_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]], Any]:
     import onnxruntime as ort
     from nanotrt.runtime.artifact import Manifest
 
@@ -289,7 +290,7 @@ def _ort_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]]]
         enc = tok(texts)
         return np.asarray(sess.run(None, {k: enc[k] for k in names})[0])
 
-    return infer, lambda: {"weights": size, "activations": None}
+    return infer, lambda: {"weights": size, "activations": None}, tok
 
 
 def held_from_stats(cache: dict[str, Any]) -> dict[str, Any]:
@@ -301,7 +302,7 @@ def held_from_stats(cache: dict[str, Any]) -> dict[str, Any]:
             "wait_s": cache.get("wait_s")}
 
 
-def _runner_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]]]:
+def _runner_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]], Any]:
     from nanotrt.runtime.runner import Runner
 
     runner = Runner.from_artifact(spec["artifact"], memory_budget=spec["budget"], exit="none",
@@ -313,7 +314,7 @@ def _runner_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any
         last["cache"] = res.stats.cache
         return res.logits
 
-    return infer, lambda: {**held_from_stats(last["cache"]), "budget_bytes": runner.budget}
+    return infer, lambda: {**held_from_stats(last["cache"]), "budget_bytes": runner.budget}, runner.tokenizer
 
 
 LOADERS = {"torch": _torch_row, "ort": _ort_row, "runner": _runner_row}
@@ -362,8 +363,7 @@ def measure_row(spec: dict[str, Any], sentences: list[str]) -> dict[str, Any]:
     for mod in IMPORTS[spec["kind"]]:
         importlib.import_module(mod)
     out: dict[str, Any] = {"rss_imports": rss_bytes(), "latency": {}}
-    infer, held = LOADERS[spec["kind"]](spec)
-    tok = _tokenizer(spec["artifact"])
+    infer, held, tok = LOADERS[spec["kind"]](spec)  # the row's own tokenizer: a second one would add to RSS
     out["rss_loaded"] = rss_bytes()
     for name, texts in workloads(sentences, spec["examples"] + WARMUP).items():
         out["latency"][name] = time_workload(infer, texts, tok)
