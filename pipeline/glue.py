@@ -133,7 +133,31 @@ def task_file(task: Task, split: str, data_dir: str | Path | None = None) -> Pat
 def read_split(task: Task | str, split: str = "dev", data_dir: str | Path | None = None,
                limit: int | None = None) -> Split:
     task = get_task(task) if isinstance(task, str) else task
+    if limit is not None and limit < 1:
+        raise NanotrtError(f"asked for {limit} {task.name} examples: use a positive number (or none for all)")
     path = task_file(task, split, data_dir)
+    try:
+        return _read_rows(task, path, limit)
+    except UnicodeDecodeError as e:
+        raise NanotrtError(f"{path} is not UTF-8 (byte 0x{e.object[e.start]:02x}): re-download the GLUE "
+                           f"{task.dir}/ folder or convert the file to UTF-8") from None
+    except csv.Error as e:
+        raise NanotrtError(f"{path} is not a TSV file ({e}): re-download the GLUE {task.dir}/ folder") from None
+
+
+def _columns(task: Task, path: Path, header: list[str]) -> tuple[list[int], int]:
+    if not task.header:
+        return list(task.text_cols), int(task.label_col)  # type: ignore[arg-type]
+    try:
+        cols = [header.index(c) for c in task.text_cols]  # type: ignore[arg-type]
+        return cols, header.index(task.label_col)  # type: ignore[arg-type]
+    except ValueError:
+        raise NanotrtError(f"{path} does not have the GLUE {task.name} header (needs columns "
+                           f"{list(task.text_cols)} and '{task.label_col}', found {header[:8]}): "
+                           f"is it the {task.dir}/ file of another task?") from None
+
+
+def _read_rows(task: Task, path: Path, limit: int | None) -> Split:
     texts: list[str] = []
     pairs: list[str] = []
     labels: list[float] = []
@@ -141,17 +165,8 @@ def read_split(task: Task | str, split: str = "dev", data_dir: str | Path | None
     label_index = {lab: i for i, lab in enumerate(task.labels)}
     with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: MRPC starts with a BOM
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if task.header:
-            header = next(rows, [])
-            try:
-                cols = [header.index(c) for c in task.text_cols]  # type: ignore[arg-type]
-                lcol = header.index(task.label_col)  # type: ignore[arg-type]
-            except ValueError:
-                raise NanotrtError(f"{path} does not have the GLUE {task.name} header "
-                                   f"(needs {list(task.text_cols)} and '{task.label_col}')") from None
-        else:
-            cols, lcol = list(task.text_cols), int(task.label_col)  # type: ignore[arg-type]
-            header = []
+        header = next(rows, []) if task.header else []
+        cols, lcol = _columns(task, path, header)
         width = len(header) if task.header else max([*cols, lcol]) + 1
         for row in rows:
             if task.name.startswith("mnli") and task.header:
@@ -160,7 +175,8 @@ def read_split(task: Task | str, split: str = "dev", data_dir: str | Path | None
             else:
                 lcol_row = lcol
                 ok = len(row) == width if task.header else len(row) >= width
-            if not ok:
+            # Malformed lines and lines with an empty sentence are skipped and counted, not guessed at.
+            if not ok or any(not row[c].strip() for c in cols):
                 skipped += 1
                 continue
             raw = row[lcol_row].strip()
@@ -181,6 +197,11 @@ def read_split(task: Task | str, split: str = "dev", data_dir: str | Path | None
             labels.append(value)
             if limit is not None and len(texts) >= limit:
                 break
+    if not texts:
+        need = f"{width} tab-separated columns" + ("" if task.header else f" (text in column {cols[0] + 1}, "
+                                                                          f"label in column {lcol + 1})")
+        raise NanotrtError(f"{path} has no usable GLUE {task.name} rows ({skipped} malformed): each line needs "
+                           f"{need} and a label in {list(task.labels) or 'numbers'}")
     dtype = np.float32 if task.is_regression else np.int64
     return Split(task, texts, pairs if len(task.text_cols) > 1 else None, np.array(labels, dtype=dtype), skipped)
 

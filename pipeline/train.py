@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from nanotrt.pipeline.glue import Split, Task, compute_metrics, get_task, predictions_from_logits, read_split
-from nanotrt.pipeline.model import OffRampModel, load_model, save_checkpoint
+from nanotrt.pipeline.model import OffRampModel, check_max_length, load_model, load_tokenizer, save_checkpoint
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.progress import console, progress
 from torch import nn
@@ -143,8 +143,6 @@ def _run_stage(model: OffRampModel, data: Encoded, task: Task, cfg: TrainConfig,
 
 def train(model_dir: str | Path, out_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
     """Train off-ramps; write the checkpoint and ``ramp_metrics.json`` atomically to ``out_dir``."""
-    from transformers import AutoTokenizer
-
     if cfg.method not in METHODS:
         raise NanotrtError(f"unknown method '{cfg.method}': use pabee or deebert")
     if cfg.grad_accum < 1 or cfg.batch_size < 1 or cfg.epochs <= 0:
@@ -156,13 +154,14 @@ def train(model_dir: str | Path, out_dir: str | Path, cfg: TrainConfig) -> dict[
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
     model = load_model(model_dir, num_labels=task.num_labels, pooling=cfg.pooling,
-                       labels=list(task.label_names), task=task.name)
+                       labels=list(task.label_names), task=task.name, init_seed=None)
     if model.cfg.num_labels != task.num_labels:
         raise NanotrtError(f"'{model_dir}' has {model.cfg.num_labels} labels but {task.name} needs {task.num_labels}")
     model.cfg.max_length = cfg.max_length
     model.cfg.task = task.name
     model.cfg.labels = list(task.label_names)  # also when continuing from a nanotrt checkpoint
-    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    check_max_length(model.config, cfg.max_length)
+    tok = load_tokenizer(model_dir, int(model.config.vocab_size))
     tr, dev = Encoded(tok, train_split, cfg.max_length), Encoded(tok, dev_split, cfg.max_length)
     console.print(f"{task.name}: {len(tr)} train / {len(dev)} dev examples"
                   f" (skipped malformed: {train_split.skipped} / {dev_split.skipped}); method {cfg.method}")

@@ -6,12 +6,14 @@ Device-side: imports numpy, tokenizers and the chosen backend only (no torch, no
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from nanotrt.runtime.artifact import Manifest
@@ -60,8 +62,9 @@ class Result:
         return np.array([p.label_id for p in self.predictions])
 
 
-def resolve_budget(text: str | int | None, manifest: Manifest, variant: str) -> int | None:
-    """``all`` / None -> unlimited; ``3layers`` -> room for 3 of the largest layer graphs; else bytes."""
+def resolve_budget(text: str | int | None, manifest: Manifest, variant: str, reserved: int = 0) -> int | None:
+    """``all`` / None -> unlimited; ``3layers`` -> room for 3 of the largest layer graphs plus the backend's
+    fixed working set (``reserved``); else bytes, the working set included."""
     if text is None or (isinstance(text, str) and text.strip().lower() in ("all", "", "none")):
         return None
     if isinstance(text, int):
@@ -70,8 +73,26 @@ def resolve_budget(text: str | int | None, manifest: Manifest, variant: str) -> 
     if m:
         sched = manifest.schedule(variant)
         biggest = max(int(manifest.graphs[n]["bytes"]) for n in sched.layers)
-        return int(m.group(1)) * biggest
+        return int(m.group(1)) * biggest + reserved
     return parse_size(text)
+
+
+# --- thread safety (issue 14) ------------------------------------------------------------------
+# A Runner is NOT safe to drive from several threads at once: one residency-cache cursor, one walk.
+# Instead of failing, its public calls are serialized: concurrent callers wait on a per-runner lock
+# (re-entrant: predict calls run_encoded), so results equal a serial run and the budget holds.
+# For parallel throughput, use one Runner per thread (each with its own budget).
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serialized(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        lock = self.__dict__.setdefault("_call_lock", threading.RLock())  # dict.setdefault is atomic
+        with lock:
+            return fn(self, *args, **kwargs)
+    return call  # type: ignore[return-value]
+# --- end thread safety ---------------------------------------------------------------------------
 
 
 class Runner:
@@ -92,8 +113,17 @@ class Runner:
         order = [self.schedule.embeddings]
         for lay, ramp in zip(self.schedule.layers, self.schedule.ramps, strict=True):
             order += [lay, ramp]
-        self.budget = resolve_budget(memory_budget, manifest, self.variant)
-        self.cache = ResidencyCache(backend, manifest, order, self.budget, prefetch=prefetch)
+        self.reserved = backend.reserve(manifest, self.schedule.names())  # e.g. TensorRT scratch + I/O
+        self.budget = resolve_budget(memory_budget, manifest, self.variant, self.reserved)
+        engines = None if self.budget is None else self.budget - self.reserved
+        if engines is not None and self.reserved and engines < max(int(manifest.graphs[n]["bytes"]) for n in order):
+            biggest = max(int(manifest.graphs[n]["bytes"]) for n in order)
+            backend.close()
+            raise NanotrtError(
+                f"memory budget {fmt_bytes(self.budget or 0)} is smaller than the backend's working set "
+                f"({fmt_bytes(self.reserved)}: scratch and I/O buffers) plus the largest graph "
+                f"({fmt_bytes(biggest)}): use at least {fmt_bytes(self.reserved + biggest)}")
+        self.cache = ResidencyCache(backend, manifest, order, engines, prefetch=prefetch)
         total = sum(self.cache.sizes.values())
         backend.configure(swapping=self.budget is not None and self.budget < total)
         emb_inputs = [i["name"] for i in manifest.graphs[self.schedule.embeddings]["inputs"]]
@@ -121,6 +151,7 @@ class Runner:
         finally:
             self.cache.release(pos)
 
+    @_serialized
     def run_encoded(self, enc: dict[str, np.ndarray],
                     stats: RunStats | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run one tokenized batch. Returns logits of each sample's exit ramp [B, L], its exit layer [B]
@@ -165,6 +196,7 @@ class Runner:
                 hidden, mask = np.ascontiguousarray(hidden[:, :width]), np.ascontiguousarray(mask[:, :width])
         return out_logits, out_layer, ramp_logits
 
+    @_serialized
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 1) -> Result:
         if isinstance(texts, str):
             texts = [texts]
@@ -181,7 +213,7 @@ class Runner:
             all_ramps.append(rl)
         stats.wall_s = time.perf_counter() - t0
         stats.samples = len(texts)
-        stats.cache = self.cache.stats.as_dict()
+        stats.cache = {**self.cache.stats.as_dict(), "backend_reserved_bytes": self.reserved}
         stats.variant = self.variant
         logits = np.concatenate(all_logits) if all_logits else np.zeros((0, len(self.labels)), np.float32)
         layers = np.concatenate(all_layers) if all_layers else np.zeros(0, np.int64)
@@ -203,6 +235,7 @@ class Runner:
                                         [int(x) for x in ran.argmax(-1)]))
         return preds
 
+    @_serialized
     def close(self) -> None:
         self.cache.close()
         self.backend.close()
