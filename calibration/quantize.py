@@ -113,6 +113,32 @@ def quantize_static_qdq(src: Path, dst: Path, batches: list[Feeds], input_names:
     return True
 
 
+def fold_weight_identities(src: Path, dst: Path) -> int:
+    """Write ``src`` to ``dst`` with every consumer of ``Identity(initializer)`` reading the initializer
+    itself; returns how many Identity nodes went (nothing is written when none). The exporter routes
+    ALBERT's shared layer weights to layers 2..N through such nodes, and the quantizer only quantizes
+    MatMuls that read an initializer directly: ALBERT's one-graph INT8 would quantize layer 1 only."""
+    import onnx
+
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in inits}
+    if not alias:
+        return 0
+    keep = [n for n in g.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in keep:
+        for k, name in enumerate(n.input):
+            n.input[k] = alias.get(name, name)
+    outputs = {o.name for o in g.output}
+    for name in outputs & alias.keys():  # a graph output that was an Identity stays one
+        keep.append(onnx.helper.make_node("Identity", [alias[name]], [name]))
+    del g.node[:]
+    g.node.extend(keep)
+    onnx.save(model, str(dst))
+    return len(alias)
+
+
 def float_side_inputs(path: Path) -> int:
     """Give every consumer of an activation's Q/DQ pair that is not a GEMM (the residual Add, Shape) the
     float tensor back. ORT's DedicatedQDQPair splits pairs only among *quantized* consumers: a tensor with
@@ -161,13 +187,19 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> bool:
     """Weights INT8 offline, activations quantized at run time per batch (no calibration data)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    nodes = weight_matmuls(src)
-    if not nodes:
-        shutil.copy2(src, dst)
-        return False
-    with _quiet_quantizer():  # ORT's pre-processing hint, as in quantize_static_qdq
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                         weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+    folded = dst.with_name(f".{dst.name}.folded.onnx")
+    try:
+        if fold_weight_identities(src, folded):
+            src = folded
+        nodes = weight_matmuls(src)
+        if not nodes:
+            shutil.copy2(src, dst)
+            return False
+        with _quiet_quantizer():  # ORT's pre-processing hint, as in quantize_static_qdq
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                             weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+    finally:
+        folded.unlink(missing_ok=True)
     return True
 
 

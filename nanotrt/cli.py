@@ -91,7 +91,7 @@ def build(
     calib_size: Annotated[int, typer.Option(help="calibration sentences")] = 512,
     calib_method: Annotated[str, typer.Option(help="minmax | entropy | percentile")] = "minmax",
     int8_tolerance: Annotated[float, typer.Option(help="max relative error of an INT8 graph before it falls back (ORT: FP32; TensorRT: FP16, then FP32)")] = 0.10,
-    dynamic: Annotated[bool, typer.Option(help="also build ORT dynamic INT8 (for comparison)")] = False,
+    dynamic: Annotated[bool, typer.Option(help="ORT dynamic INT8 (no calibration data needed)")] = False,
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
     workspace_mb: Annotated[int, typer.Option(help="TensorRT builder workspace limit (MiB)")] = 1024,
     min_shape: Annotated[str, typer.Option(help="TensorRT profile min BATCHxSEQ")] = "1x1",

@@ -31,8 +31,8 @@ def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool) -> list[
         names.append(f"{prefix}-fp16")
     if int8:
         names.append(f"{prefix}-int8")
-        if dynamic and backend == "onnxruntime":
-            names.append("ort-int8-dynamic")
+    if dynamic and backend == "onnxruntime":  # needs no calibration data, so it does not need --int8
+        names.append("ort-int8-dynamic")
     if backend == "tensorrt" and not (fp16 or int8):
         names.append("trt-fp32")
     return names
@@ -123,7 +123,9 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
             console.print(f"{variant}: up to date")
             built.append(variant)
             continue
-        if "int8" in variant and calib is None:  # dynamic INT8 too: its per-graph error is measured on it
+        # Dynamic INT8 too when there is a task: its per-graph error is measured on it (without one, as in
+        # `nanotrt build --dynamic` alone, it needs no data).
+        if "int8" in variant and calib is None and (variant != "ort-int8-dynamic" or calib_task):
             from nanotrt.calibration.readers import collect
             from nanotrt.pipeline.glue import read_split
 
@@ -229,7 +231,8 @@ def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_metho
             elif variant == "ort-int8-dynamic":
                 if not quantize_dynamic_int8(src, onnx_out):
                     precision = "fp32"
-                errors[unit] = relative_error(src, onnx_out, calib.batches(unit)) if calib else float("nan")
+                if calib:  # built alongside the static variant: measure it on the same calibration feeds
+                    errors[unit] = relative_error(src, onnx_out, calib.batches(unit))
             elif variant == "ort-int8":
                 if not quantize_static_qdq(src, onnx_out, calib.batches(unit), input_names, calib_method):
                     precision = "fp32"

@@ -197,3 +197,42 @@ def test_tensorrt_matches_onnxruntime(artifacts: dict[str, Path], tmp_path: Path
     with Runner.from_artifact(art, backend="tensorrt", precision="fp16") as r:
         got = r.predict(SENTS, batch_size=3).ramp_logits
     np.testing.assert_allclose(got, ref, atol=FP16_ATOL)
+
+
+def test_dynamic_int8_alone_needs_no_calibration(artifacts: dict[str, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import nanotrt.calibration.readers as cr
+
+    monkeypatch.setattr(cr, "collect", lambda *a, **k: pytest.fail("dynamic INT8 must not read calibration data"))
+    art = tmp_path / "art"
+    shutil.copytree(artifacts["bert"], art)
+    assert build(art, dynamic=True, data_dir=tmp_path) == ["ort-fp32", "ort-int8-dynamic"]
+    m = Manifest.load(art)
+    assert "ort-int8" not in m.variants and "rel_error" not in m.data["variants"]["ort-int8-dynamic"]
+    assert any(m.graphs[n]["precision"] == "int8" for n in m.schedule("ort-int8-dynamic").layers)
+    ref, q = _logits(art, "fp32"), _logits(art, "ort-int8-dynamic")
+    assert np.linalg.norm(q - ref) / np.linalg.norm(ref) < INT8_REL
+
+
+def test_dynamic_int8_quantizes_weights_shared_through_identity_nodes(tmp_path: Path) -> None:
+    """ALBERT's exporter feeds layers 2..N their shared weights through Identity nodes; the one-graph
+    dynamic INT8 baseline must quantize those MatMuls too, not only layer 1's."""
+    import onnx
+    import onnxruntime as ort
+    from nanotrt.calibration.quantize import quantize_dynamic_int8
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Identity", ["w"], ["w_shared"]),
+             helper.make_node("MatMul", ["h", "w_shared"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [w])
+    src, dst = tmp_path / "src.onnx", tmp_path / "dst.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert quantize_dynamic_int8(src, dst)
+    ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
+    assert ops.count("MatMulInteger") == 2 and "Identity" not in ops and "MatMul" not in ops
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.onnx", "src.onnx"]  # no temp file left
+    x = np.random.default_rng(1).standard_normal((1, 8)).astype(np.float32)
+    ref, got = (ort.InferenceSession(str(p)).run(None, {"x": x})[0] for p in (src, dst))
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.05
