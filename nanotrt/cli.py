@@ -87,6 +87,7 @@ def build(
     version_compatible: Annotated[bool, typer.Option(help="TensorRT version-compatible plans (lean runtime)")] = False,
     exclude_lean_runtime: Annotated[bool, typer.Option(help="do not embed the lean runtime in the plans")] = False,
     legacy_calib_cache: Annotated[bool, typer.Option(help="also write a TensorRT 8.x calibration cache")] = False,
+    fused: Annotated[bool, typer.Option("--fused", help="also ort-*-fused: layer i and its ramp as one graph")] = False,
 ) -> None:
     """Add optimized / FP16 / INT8 engines for a backend to an artifact (atomic, idempotent)."""
     from nanotrt.pipeline.build import build as run_build
@@ -107,7 +108,7 @@ def build(
                        "exclude_lean_runtime": exclude_lean_runtime, "legacy_calib_cache": legacy_calib_cache}
     run_build(artifact, backend=backend, fp16=fp16, int8=int8, calib_task=calib_task, calib_size=calib_size,
               calib_method=calib_method, data_dir=data_dir, int8_tolerance=int8_tolerance, dynamic=dynamic,
-              trt_options=trt_options)
+              trt_options=trt_options, fused=fused)
 
 
 @app.command()
@@ -161,6 +162,9 @@ def predict(
     variant: Annotated[str | None, typer.Option(help="manifest variant to run (overrides --precision)")] = None,
     prefetch: Annotated[bool, typer.Option(help="load the next layer on a background thread")] = True,
     batch_size: Annotated[int, typer.Option(help="samples per batch (each exits on its own)")] = 8,
+    mode: Annotated[str, typer.Option(help="auto | latency | block (layer-major over many inputs)")] = "auto",
+    block_size: Annotated[int | None, typer.Option(help="block mode: examples per block (default: what the budget allows)")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime: threads of the shared intra-op pool")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per input")] = False,
     stats: Annotated[bool, typer.Option(help="print run statistics")] = False,
 ) -> None:
@@ -168,9 +172,10 @@ def predict(
     from nanotrt.runtime.runner import Runner
 
     items, pairs = _read_inputs(texts or [], pair, file)
+    options = {"threads": threads} if threads and backend == "onnxruntime" else {}
     with Runner.from_artifact(artifact, backend=backend, memory_budget=memory_budget, exit=exit,
-                              variant=variant, prefetch=prefetch, precision=precision) as runner:
-        res = runner.predict(items, pairs, batch_size=batch_size)
+                              variant=variant, prefetch=prefetch, precision=precision, **options) as runner:
+        res = runner.predict(items, pairs, batch_size=batch_size, mode=mode, block_size=block_size)
     regression = runner.manifest.task_type == "regression"
     for text, p in zip(items, res.predictions, strict=True):
         if as_json:
@@ -185,7 +190,8 @@ def predict(
     if stats:
         s = res.stats
         typer.echo(json.dumps({"samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
-                               "compute_s": s.compute_s, "layer_time_s": s.layer_time_s,
+                               "compute_s": s.compute_s, "layer_time_s": s.layer_time_s, "mode": s.mode,
+                               "blocks": s.blocks, "max_block": s.max_block,
                                "budget": runner.describe_budget(), **s.cache}, indent=1), err=True)
 
 

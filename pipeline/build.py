@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import secrets
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from nanotrt.pipeline.progress import console, progress
 from nanotrt.runtime.artifact import Manifest, Schedule
 from nanotrt.runtime.errors import NanotrtError
@@ -23,7 +26,7 @@ INT8_TOLERANCE = 0.10
 BUILDER_VERSION = 5  # part of each variant's options: a newer builder rebuilds instead of "up to date"
 
 
-def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool) -> list[str]:
+def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool, fused: bool = False) -> list[str]:
     prefix = "ort" if backend == "onnxruntime" else "trt"
     names = [f"{prefix}-fp32"] if backend == "onnxruntime" else []
     if fp16:
@@ -34,6 +37,8 @@ def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool) -> list[
             names.append("ort-int8-dynamic")
     if backend == "tensorrt" and not (fp16 or int8):
         names.append("trt-fp32")
+    if fused and backend == "onnxruntime":  # products of the variants above: built after them
+        names += [f"{n}-fused" for n in names if n in ("ort-fp32", "ort-int8")]
     return names
 
 
@@ -95,7 +100,7 @@ def _ort_offline_optimize(path: Path) -> None:
 def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False, int8: bool = False,
           calib_task: str | None = None, calib_size: int = 512, calib_method: str = "minmax",
           data_dir: str | Path | None = None, int8_tolerance: float = INT8_TOLERANCE, dynamic: bool = False,
-          trt_options: dict[str, Any] | None = None) -> list[str]:
+          trt_options: dict[str, Any] | None = None, fused: bool = False) -> list[str]:
     """Build the requested variants into ``artifact``; returns the variant names now present."""
     m = Manifest.load(artifact)
     if backend not in ("onnxruntime", "tensorrt"):
@@ -113,18 +118,20 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
         from nanotrt.engines import tensorrt as trt_mod  # lazy: TensorRT only where installed
 
         trt_mod.require_tensorrt()
-    variants = _variant_names(backend, fp16, int8, dynamic)
+    variants = _variant_names(backend, fp16, int8, dynamic, fused)
     calib = None
     built: list[str] = []
     for variant in variants:
         options = {"builder": BUILDER_VERSION, "calib_task": calib_task, "calib_size": calib_size, "calib_method": calib_method,
                    "int8_tolerance": int8_tolerance, **(trt_options or {})} if "int8" in variant else {
             "builder": BUILDER_VERSION, **(trt_options or {})}
+        if variant.endswith("-fused"):  # rebuilt whenever the variant it fuses was
+            options = {"builder": BUILDER_VERSION, "from": m.data["variants"][variant[:-6]].get("dir")}
         if _up_to_date(m, variant, options):
             console.print(f"{variant}: up to date")
             built.append(variant)
             continue
-        if "int8" in variant and variant != "ort-int8-dynamic" and calib is None:
+        if VARIANTS[variant].calibrated and calib is None:
             from nanotrt.calibration.readers import collect
 
             calib = collect(m, calib_task or "", calib_size, data_dir=data_dir)
@@ -154,70 +161,235 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
     return built
 
 
-def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_method: str,
-                   tolerance: float, trt_mod: Any, trt_options: dict[str, Any]
-                   ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
-    from nanotrt.calibration.quantize import quantize_dynamic_int8, quantize_static_qdq, relative_error
+@dataclass
+class Variant:
+    """How one variant turns a graph of the FP32 schedule into its own (Optimum-style: data, not branches)."""
 
+    precision: str
+    build_graph: Callable[[BuildContext, str, Path, Path], str]  # (ctx, unit, src, dst) -> precision kept
+    calibrated: bool = False  # needs calibration batches (static INT8)
+    backend: str = "onnx"
+
+
+@dataclass
+class BuildContext:
+    m: Manifest
+    calib: Any
+    calib_method: str
+    tolerance: float
+    trt_mod: Any
+    trt_options: dict[str, Any]
+    errors: dict[str, float] = field(default_factory=dict)
+    kept_fp32: list[str] = field(default_factory=list)
+
+
+def _ort_fp32(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
+    _optimize_ort(src, dst, ctx.m, fp16=False)
+    return "fp32"
+
+
+def _ort_fp16(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
+    _optimize_ort(src, dst, ctx.m, fp16=True)
+    return "fp16"
+
+
+def _ort_int8_dynamic(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
+    from nanotrt.calibration.quantize import quantize_dynamic_int8, relative_error
+
+    precision = "int8" if quantize_dynamic_int8(src, dst) else "fp32"
+    ctx.errors[unit] = relative_error(src, dst, ctx.calib.batches(unit)) if ctx.calib else float("nan")
+    return precision
+
+
+def _ort_int8_static(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
+    from nanotrt.calibration.quantize import quantize_static_qdq, relative_error
+
+    inputs = [i["name"] for i in ctx.m.graphs[unit]["inputs"]]
+    precision = "int8" if quantize_static_qdq(src, dst, ctx.calib.batches(unit), inputs, ctx.calib_method) else "fp32"
+    ctx.errors[unit] = relative_error(src, dst, ctx.calib.batches(unit))
+    if ctx.errors[unit] > ctx.tolerance:  # sensitive graph: keep it in FP32 (mixed precision)
+        shutil.copy2(src, dst)
+        precision = "fp32"
+        ctx.kept_fp32.append(unit)
+    return precision
+
+
+def _build_trt(ctx: BuildContext, unit: str, src: Path, plan: Path, precision: str) -> str:
+    """TensorRT: a strongly typed plan from the FP32 (FP16) or QDQ (INT8) ONNX graph."""
+    from nanotrt.calibration.quantize import quantize_static_qdq
+
+    out, entry = plan.parent, ctx.m.graphs[unit]
+    input_names = [i["name"] for i in entry["inputs"]]
+    qdq_src = src
+    if precision == "int8":
+        qdq_src = out / f"{unit}.qdq.onnx"
+        if not quantize_static_qdq(src, qdq_src, ctx.calib.batches(unit), input_names, ctx.calib_method,
+                                   for_tensorrt=True):
+            precision = "fp16"  # nothing to quantize: FP16 like the rest of the non-QDQ layers
+    opts = dict(ctx.trt_options)
+    if opts.pop("legacy_calib_cache", False):  # TensorRT 8.x devices: implicit-quantization cache
+        opts.update(legacy_calib_cache=out / f"{unit}.calib.cache", calib_batches=ctx.calib.batches(unit))
+    ctx.trt_mod.build_plan(qdq_src, plan, precision, entry["inputs"], ctx.m.data["hidden_size"], out, **opts)
+    return precision
+
+
+def _trt(precision: str) -> Variant:
+    def build_graph(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
+        return _build_trt(ctx, unit, src, dst, precision)
+
+    return Variant(precision, build_graph, calibrated=precision == "int8", backend="tensorrt")
+
+
+def _fused_placeholder(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
+    raise AssertionError("fused variants are built by _build_fused")
+
+
+VARIANTS: dict[str, Variant] = {
+    "ort-fp32": Variant("fp32", _ort_fp32),
+    "ort-fp16": Variant("fp16", _ort_fp16),
+    "ort-int8": Variant("int8", _ort_int8_static, calibrated=True),
+    "ort-int8-dynamic": Variant("int8", _ort_int8_dynamic),
+    "ort-fp32-fused": Variant("fp32", _fused_placeholder),
+    "ort-int8-fused": Variant("int8", _fused_placeholder),
+    "trt-fp32": _trt("fp32"),
+    "trt-fp16": _trt("fp16"),
+    "trt-int8": _trt("int8"),
+}
+
+Built = tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]
+
+
+def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_method: str,
+                   tolerance: float, trt_mod: Any, trt_options: dict[str, Any]) -> Built:
+    if variant.endswith("-fused"):
+        return _build_fused(m, variant, out)
+    spec = VARIANTS[variant]
+    ctx = BuildContext(m, calib, calib_method, tolerance, trt_mod, trt_options)
     base = m.schedule("fp32")
     units = _graph_units(m)
     graphs: dict[str, tuple[str, dict[str, Any]]] = {}
     rename: dict[str, str] = {}
-    errors: dict[str, float] = {}
-    kept_fp32: list[str] = []
     with progress() as bar:
         job = bar.add_task(f"build {variant}", total=len(units), info="")
         for unit in units:
             bar.update(job, info=unit)
-            src = m.verify(unit)
             entry = m.graphs[unit]
             fields: dict[str, Any] = {k: entry[k] for k in ("role", "index", "inputs", "outputs")}
-            input_names = [i["name"] for i in entry["inputs"]]
-            onnx_out = out / f"{unit}.onnx"
-            precision = variant.split("-")[1]
-            if variant == "ort-fp32":
-                _optimize_ort(src, onnx_out, m, fp16=False)
-            elif variant == "ort-fp16":
-                _optimize_ort(src, onnx_out, m, fp16=True)
-            elif variant == "ort-int8-dynamic":
-                if not quantize_dynamic_int8(src, onnx_out):
-                    precision = "fp32"
-                errors[unit] = relative_error(src, onnx_out, calib.batches(unit)) if calib else float("nan")
-            elif variant == "ort-int8":
-                if not quantize_static_qdq(src, onnx_out, calib.batches(unit), input_names, calib_method):
-                    precision = "fp32"
-                errors[unit] = relative_error(src, onnx_out, calib.batches(unit))
-                if errors[unit] > tolerance:  # sensitive graph: keep it in FP32 (mixed precision)
-                    shutil.copy2(src, onnx_out)
-                    precision = "fp32"
-                    kept_fp32.append(unit)
-            elif variant.startswith("trt-"):
-                qdq_src = src
-                if precision == "int8":
-                    qdq_src = out / f"{unit}.qdq.onnx"
-                    if not quantize_static_qdq(src, qdq_src, calib.batches(unit), input_names, calib_method,
-                                               for_tensorrt=True):
-                        precision = "fp16"  # nothing to quantize: FP16 like the rest of the non-QDQ layers
+            if spec.backend == "tensorrt":
                 plan = out / f"{unit}.plan"
-                opts = dict(trt_options)
-                if opts.pop("legacy_calib_cache", False):  # TensorRT 8.x devices: implicit-quantization cache
-                    opts.update(legacy_calib_cache=out / f"{unit}.calib.cache", calib_batches=calib.batches(unit))
-                trt_mod.build_plan(qdq_src, plan, precision, entry["inputs"], m.data["hidden_size"], out, **opts)
+                precision = spec.build_graph(ctx, unit, m.verify(unit), plan)
                 graphs[f"{variant}/{unit}"] = (plan.name, {**fields, "precision": precision, "format": "trt-plan"})
-                rename[unit] = f"{variant}/{unit}"
-                bar.advance(job)
-                continue
-            _ort_offline_optimize(onnx_out)
-            graphs[f"{variant}/{unit}"] = (onnx_out.name, {**fields, "precision": precision, "format": "onnx",
-                                                           "ort_optimized": "CPUExecutionProvider",
-                                                           **({"rel_error": errors[unit]} if unit in errors else {})})
+            else:
+                onnx_out = out / f"{unit}.onnx"
+                precision = spec.build_graph(ctx, unit, m.verify(unit), onnx_out)
+                _ort_offline_optimize(onnx_out)
+                graphs[f"{variant}/{unit}"] = (onnx_out.name, {
+                    **fields, "precision": precision, "format": "onnx", "ort_optimized": "CPUExecutionProvider",
+                    **({"rel_error": ctx.errors[unit]} if unit in ctx.errors else {})})
             rename[unit] = f"{variant}/{unit}"
             bar.advance(job)
     sched = Schedule(rename[base.embeddings], [rename[n] for n in base.layers], [rename[n] for n in base.ramps])
-    info: dict[str, Any] = {"backend": "tensorrt" if variant.startswith("trt-") else "onnx",
-                            "precision": variant.split("-")[1]}
-    if errors:
-        info["rel_error"] = errors
-        info["kept_fp32"] = kept_fp32
-        info["summary"] = f"max rel. error {max(errors.values()):.3f}, kept in FP32: {kept_fp32 or 'none'}"
+    info: dict[str, Any] = {"backend": spec.backend if spec.backend == "tensorrt" else "onnx", "precision": spec.precision}
+    if ctx.errors:
+        info["rel_error"] = ctx.errors
+        info["kept_fp32"] = ctx.kept_fp32
+        info["summary"] = f"max rel. error {max(ctx.errors.values()):.3f}, kept in FP32: {ctx.kept_fp32 or 'none'}"
     return graphs, sched, info
+
+
+# --- fused layer + ramp ----------------------------------------------------------------------
+
+FUSED_ATOL = 1e-5  # a fused graph runs the same kernels on the same weights as its two parts
+
+
+def fuse_layer_ramp(layer: Path, ramp: Path, dst: Path) -> None:
+    """One graph computing layer i and its ramp: (hidden_states, attention_mask) -> (hidden_states_out,
+    logits). Saves a session call per layer (benchmarks/results/ort_load_options.md, per-call overhead).
+    The ramp's names get a prefix; its inputs bind to the layer's output and the shared mask."""
+    import onnx
+
+    lay, rmp = onnx.load(str(layer)), onnx.load(str(ramp))
+    bind = {"hidden_states": "hidden_states_out", "attention_mask": "attention_mask", "logits": "logits", "": ""}
+
+    def name(x: str) -> str:
+        return bind.get(x, f"ramp/{x}")
+
+    for node in rmp.graph.node:
+        node.name = f"ramp/{node.name}"
+        node.input[:] = [name(x) for x in node.input]
+        node.output[:] = [name(x) for x in node.output]
+    for init in rmp.graph.initializer:
+        init.name = name(init.name)
+    for vi in rmp.graph.value_info:
+        vi.name = name(vi.name)
+    g = lay.graph
+    have = {i.name for i in g.input}
+    g.input.extend(i for i in rmp.graph.input if i.name == "attention_mask" and i.name not in have)
+    g.node.extend(rmp.graph.node)
+    g.initializer.extend(rmp.graph.initializer)
+    g.value_info.extend(rmp.graph.value_info)
+    g.output.extend(o for o in rmp.graph.output if o.name == "logits")
+    versions = {o.domain: o.version for o in lay.opset_import}
+    for o in rmp.opset_import:
+        versions[o.domain] = max(versions.get(o.domain, 0), o.version)
+    del lay.opset_import[:]
+    lay.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
+    lay.ir_version = max(lay.ir_version, rmp.ir_version)
+    onnx.save(lay, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=dst.name + ".data", size_threshold=1024)
+
+
+def _check_fused(fused: Path, layer: Path, ramp: Path, hidden: int) -> float:
+    """Max abs difference of the fused graph against its two parts on a random padded batch."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((2, 7, hidden)).astype(np.float32)
+    mask = np.array([[1] * 7, [1] * 4 + [0] * 3], np.int64)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+
+    def run(p: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        sess = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        return sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})
+
+    h_out, logits = run(fused, {"hidden_states": h, "attention_mask": mask})
+    ref_h = run(layer, {"hidden_states": h, "attention_mask": mask})[0]
+    ref_l = run(ramp, {"hidden_states": ref_h, "attention_mask": mask})[0]
+    return float(max(np.abs(h_out - ref_h).max(), np.abs(logits - ref_l).max()))
+
+
+def _build_fused(m: Manifest, variant: str, out: Path) -> Built:
+    """``<v>-fused``: variant ``<v>``'s layer i and ramp i as one graph (its embeddings copied as they are)."""
+    src_variant = variant[: -len("-fused")]
+    base = m.schedule(src_variant)
+    graphs: dict[str, tuple[str, dict[str, Any]]] = {}
+    emb = m.graphs[base.embeddings]
+    for f in [emb["file"], *([emb["data"]["file"]] if "data" in emb else [])]:
+        shutil.copy2(m.root / f, out / Path(f).name)
+    keep = ("role", "index", "inputs", "outputs", "precision", "format", "ort_optimized")
+    graphs[f"{variant}/embeddings"] = (Path(emb["file"]).name, {k: emb[k] for k in keep if k in emb})
+    names: list[str] = []
+    worst = 0.0
+    with progress() as bar:
+        job = bar.add_task(f"build {variant}", total=m.num_layers, info="")
+        for i, (lay, ramp) in enumerate(zip(base.layers, base.ramps, strict=True)):
+            bar.update(job, info=f"layer {i}")
+            dst = out / f"fused_{i:02d}.onnx"
+            fuse_layer_ramp(m.verify(lay), m.verify(ramp), dst)
+            worst = max(worst, _check_fused(dst, m.path(lay), m.path(ramp), int(m.data["hidden_size"])))
+            entry, r_entry = m.graphs[lay], m.graphs[ramp]
+            precision = entry["precision"] if entry["precision"] == r_entry["precision"] else "mixed"
+            graphs[f"{variant}/fused_{i:02d}"] = (dst.name, {
+                "role": "layer+ramp", "index": i, "inputs": entry["inputs"],
+                "outputs": entry["outputs"] + r_entry["outputs"], "precision": precision, "format": "onnx",
+                "ort_optimized": entry.get("ort_optimized")})
+            names.append(f"{variant}/fused_{i:02d}")
+            bar.advance(job)
+    if worst > FUSED_ATOL:
+        raise NanotrtError(f"fused graphs of {src_variant} differ from their parts by {worst:.2e} "
+                           f"(> {FUSED_ATOL}): report this as a nanotrt bug")
+    sched = Schedule(f"{variant}/embeddings", names, names)
+    info = m.data["variants"][src_variant]
+    return graphs, sched, {"backend": "onnx", "precision": info.get("precision"), "fused_from": src_variant,
+                           "summary": f"max abs diff vs unfused {worst:.1e}"}

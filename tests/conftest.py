@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +9,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tinymodels import FAMILIES, make_tiny  # noqa: E402
+
+# ORT's process-wide thread pool makes every later plain session of the process fail; the suite builds
+# and exports after running runners in one process, so runners here use per-session pools (the shared
+# pool is tested in child processes).
+os.environ.setdefault("NANOTRT_ORT_THREAD_POOL", "session")
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hi there", "A somewhat longer sentence, with punctuation!"]
 PAIRS = ["It was quick.", "Hello back to you, my friend, how are you doing today?", "Short."]
