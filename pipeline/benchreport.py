@@ -52,6 +52,19 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
     return art
 
 
+def skip_reason(spec: RowSpec, m: Manifest) -> str | None:
+    """None when the artifact can run ``spec``; else the command that makes it able to."""
+    if spec.kind.startswith("torch") and not m.data.get("checkpoint"):
+        return "export with the PyTorch checkpoint kept: `nanotrt export CKPT -o ART --torch-reference`"
+    if spec.kind == "ort-whole" and "whole" not in m.graphs:
+        return "export the one-graph baseline too: `nanotrt export CKPT -o ART --whole`"
+    if spec.kind == "runner" and spec.variant not in m.variants:
+        if spec.variant.endswith("-fused"):
+            return "build the fused variant: `nanotrt build ART --fused`"
+        return f"build the {spec.variant} variant: `nanotrt build ART --int8 --calib-task TASK`"
+    return None
+
+
 def _fmt_bytes(n: float | None) -> str:
     return "-" if n is None else f"{n / 1e6:.1f} MB"
 
@@ -68,9 +81,6 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
     if len(m.labels) != t.num_labels:
         raise NanotrtError(f"artifact '{art}' has {len(m.labels)} labels but {t.name} has {t.num_labels}: "
                            "use an artifact trained for this task")
-    if "whole" not in m.graphs or not m.data.get("checkpoint"):
-        raise NanotrtError(f"artifact '{art}' lacks the one-graph baseline or checkpoint: export it with "
-                           "`nanotrt export CKPT -o ART --whole`")
     exit = exit or DEFAULT_EXIT[m.task_type]
     int8 = "ort-int8" in m.variants
     fp32 = "ort-fp32" if "ort-fp32" in m.variants else "fp32"  # the built (optimized) graphs when present
@@ -80,19 +90,24 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
     for name in tasks:
         base: dict[str, Any] = {"artifact": str(art), "task": name, "data_dir": data_dir, "limit": limit,
                                 "threads": threads}
+        stream = "ort-int8" if int8 else fp32
         rows = [
             RowSpec("1 torch eager, full", "torch-full", **base),
             RowSpec(f"2 torch eager, {exit}", "torch-exit", exit=exit, **base),
             RowSpec("3 ORT one graph", "ort-whole", **base),
             RowSpec("4 nanotrt full, all resident", "runner", variant=fp32, **base),
+            RowSpec("4 nanotrt full, fused, all resident", "runner", variant=f"{fp32}-fused", **base),
             RowSpec(f"5 nanotrt fp32 {exit} @{budget}", "runner", exit=exit, budget=budget, variant=fp32, **base),
+            RowSpec(f"5 nanotrt int8 {exit} @{budget}", "runner", exit=exit, budget=budget, variant="ort-int8", **base),
         ]
-        if int8:
-            rows.append(RowSpec(f"5 nanotrt int8 {exit} @{budget}", "runner", exit=exit, budget=budget,
-                                variant="ort-int8", **base))
         if budget == "all":  # also show the memory side: the same exit, streamed under a 2-layer budget
-            rows.append(RowSpec(f"6 nanotrt {'int8' if int8 else 'fp32'} {exit} @2layers", "runner", exit=exit,
-                                budget="2layers", variant="ort-int8" if int8 else fp32, **base))
+            rows += [RowSpec(f"6 nanotrt {stream[4:8] if int8 else 'fp32'} {exit} @2layers", "runner", exit=exit,
+                             budget="2layers", variant=stream, **base),
+                     RowSpec(f"7 nanotrt {stream[4:8] if int8 else 'fp32'} {exit} @2layers, block mode, batch "
+                             f"{max(batch_size, 8)}", "runner", exit=exit, budget="2layers", variant=stream,
+                             mode="block", batch_size=max(batch_size, 8), **base),
+                     RowSpec(f"7 nanotrt {stream[4:8] if int8 else 'fp32'} {exit} @all, batch {max(batch_size, 8)}",
+                             "runner", exit=exit, variant=stream, mode="block", batch_size=max(batch_size, 8), **base)]
         if batch_size > 1:
             rows += [
                 RowSpec(f"B torch eager, full, batch {batch_size}", "torch-full", batch_size=batch_size, **base),
@@ -100,6 +115,8 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
                 RowSpec(f"B nanotrt fp32 {exit}, batch {batch_size}", "runner", exit=exit, batch_size=batch_size,
                         budget=budget, variant=fp32, **base),
             ]
+        skipped = [{"row": r.name, "enable": why} for r in rows if (why := skip_reason(r, m)) is not None]
+        rows = [r for r in rows if skip_reason(r, m) is None]
         results: list[dict[str, Any]] = []
         with progress() as bar:
             job = bar.add_task(f"bench {name}", total=len(rows) + (2 if sweep else 0), info="")
@@ -117,33 +134,57 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
                     sweeps[variant] = run_child(RowSpec(f"sweep {variant}", "runner", variant=variant,
                                                         budget=budget, sweep=specs, **base))
                     bar.advance(job)
+        # Speedups against the first row measured (PyTorch eager when the checkpoint is there); batched
+        # rows against the first batched row; every batch-1 row also against the one graph (the split cost).
         ref = results[0]
+        batched = [r for r in results if r["row"].startswith("B")]
+        whole = next((r for r in results if r["row"].startswith("3 ")), None)
         for r in results:
-            r["wall_speedup"] = r["throughput"] / ref["throughput"] if not r["row"].startswith("B") else (
-                r["throughput"] / results[-3]["throughput"])
+            r["wall_speedup"] = r["throughput"] / (batched[0] if r in batched else ref)["throughput"]
+            if whole is not None and r not in batched:
+                r["vs_one_graph"] = r["throughput"] / whole["throughput"]
         for pts in sweeps.values():
             for p in pts:
                 p["wall_speedup"] = p["throughput"] / ref["throughput"]
-        report["results"][name] = {"metric": get_task(name).main_metric, "rows": results, "sweeps": sweeps}
+        report["results"][name] = {"metric": get_task(name).main_metric, "rows": results, "sweeps": sweeps,
+                                   "reference": ref["row"], "skipped": skipped}
     if out:
         write_report(report, Path(out))
     return report
+
+
+def _row(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["row"].startswith(prefix)), None)
+
+
+def _ratio(r: dict[str, Any], key: str) -> str:
+    return f"{r[key]:.2f}" if key in r else "-"
+
+
+COLUMNS = ("row", "metric", "avg exit", "layer x", "wall x", "vs one graph", "p50 ms", "p95 ms", "ex/s",
+           "peak RSS", "engines", "activations", "load s")
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    return [r["row"], f"{100 * r['metric']:.2f}", f"{r['avg_exit_layer']:.2f}", f"{r['layer_speedup']:.2f}",
+            f"{r['wall_speedup']:.2f}", _ratio(r, "vs_one_graph"), f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
+            f"{r['throughput']:.1f}", _fmt_bytes(r["peak_rss_bytes"]), _fmt_bytes(r.get("engine_peak_bytes")),
+            _fmt_bytes(r.get("activation_peak_bytes")), f"{r.get('load_s', 0):.2f}"]
 
 
 def print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     for name, res in report["results"].items():
-        table = Table(title=f"{name} dev · exit {report['exit']} · budget {report['budget']}")
-        for col in ("row", res["metric"], "avg exit", "layer x", "wall x", "p50 ms", "p95 ms", "ex/s",
-                    "peak RSS", "engines", "load s"):
-            table.add_column(col, justify="left" if col == "row" else "right")
+        table = Table(title=f"{name} dev · exit {report['exit']} · budget {report['budget']} · "
+                            f"wall x vs '{res.get('reference', '1 torch eager, full')}'")
+        for col in COLUMNS:
+            table.add_column(res["metric"] if col == "metric" else col, justify="left" if col == "row" else "right")
         for r in res["rows"]:
-            table.add_row(r["row"], f"{100 * r['metric']:.2f}", f"{r['avg_exit_layer']:.2f}",
-                          f"{r['layer_speedup']:.2f}", f"{r['wall_speedup']:.2f}", f"{r['p50_ms']:.2f}",
-                          f"{r['p95_ms']:.2f}", f"{r['throughput']:.1f}", _fmt_bytes(r["peak_rss_bytes"]),
-                          _fmt_bytes(r.get("engine_peak_bytes")), f"{r.get('load_s', 0):.2f}")
+            table.add_row(*_cells(r))
         table_console.print(table)
+        for sk in res.get("skipped", []):
+            table_console.print(f"skipped: {sk['row']} -- {sk['enable']}")
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -155,21 +196,25 @@ def to_markdown(report: dict[str, Any]) -> str:
              + ", ".join(f"{k} {v}" for k, v in mi["libraries"].items()), ""]
     for name, res in report["results"].items():
         rows = res["rows"]
-        full, fp32, int8 = rows[0], rows[4], rows[5] if len(rows) > 5 and "int8" in rows[5]["row"] else None
-        i8_metric = "-" if int8 is None else f"{100 * int8['metric']:.2f}"
-        i8_speed = "-" if int8 is None else f"{int8['wall_speedup']:.2f}x"
-        lines += [f"## {name} ({res['metric']})", "",
-                  "| task | metric full | with exit (fp32) | with exit (int8) | layer speedup | wall-clock speedup |",
-                  "|---|---|---|---|---|---|",
-                  f"| {name} | {100 * full['metric']:.2f} | {100 * fp32['metric']:.2f} | {i8_metric} | "
-                  f"{fp32['layer_speedup']:.2f}x | {fp32['wall_speedup']:.2f}x (int8 {i8_speed}) |",
-                  "", "| row | metric | avg exit layer | layer speedup | wall speedup vs row 1 | p50 ms | p95 ms | "
-                  "ex/s | peak RSS | peak engines | load s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {r['row']} | {100 * r['metric']:.2f} | {r['avg_exit_layer']:.2f} | "
-                         f"{r['layer_speedup']:.2f} | {r['wall_speedup']:.2f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
-                         f"{r['throughput']:.1f} | {_fmt_bytes(r['peak_rss_bytes'])} | "
-                         f"{_fmt_bytes(r.get('engine_peak_bytes'))} | {r.get('load_s', 0):.2f} |")
+        full, fp32, int8 = rows[0], _row(rows, "5 nanotrt fp32"), _row(rows, "5 nanotrt int8")
+        ref = res.get("reference", rows[0]["row"])
+        lines += [f"## {name} ({res['metric']})", ""]
+        if fp32 is not None:
+            i8_metric = "-" if int8 is None else f"{100 * int8['metric']:.2f}"
+            i8_speed = "-" if int8 is None else f"{int8['wall_speedup']:.2f}x"
+            lines += ["| task | metric full | with exit (fp32) | with exit (int8) | layer speedup | wall-clock speedup |",
+                      "|---|---|---|---|---|---|",
+                      f"| {name} | {100 * full['metric']:.2f} | {100 * fp32['metric']:.2f} | {i8_metric} | "
+                      f"{fp32['layer_speedup']:.2f}x | {fp32['wall_speedup']:.2f}x (int8 {i8_speed}) |", ""]
+        lines += [f"Wall speedup vs row '{ref}'; 'vs one graph' is throughput over row 3 (for row 4: the cost of "
+                  "cutting the model into per-layer engines). Block-mode rows (7) walk the whole split in one "
+                  "predict call; their p50/p95 are the mean time per example.", "",
+                  "| " + " | ".join(res["metric"] if c == "metric" else c for c in COLUMNS) + " |",
+                  "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+        if res.get("skipped"):
+            lines += ["", "Skipped (the artifact lacks what they need):", ""]
+            lines += [f"- {sk['row']}: {sk['enable']}" for sk in res["skipped"]]
         for variant, pts in res["sweeps"].items():
             lines += ["", f"Sweep ({variant}): | exit | metric | avg exit | wall speedup |", "|---|---|---|---|"]
             lines += [f"| {p['exit']} | {100 * p['metric']:.2f} | {p['avg_exit_layer']:.2f} | {p['wall_speedup']:.2f} |"
