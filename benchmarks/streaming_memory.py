@@ -116,8 +116,7 @@ LATENCY = [  # (variant, budget, prefetch, threads, torch imported)
 ]
 MANY = [  # (variant, budget, mode, prefetch)
     ("ort-fp32", "all", "latency", True), ("ort-fp32", "2layers", "latency", True),
-    ("ort-fp32", "2layers", "block", True), ("ort-fp32", "2layers", "block", False),
-    ("ort-int8", "all", "latency", True), ("ort-int8", "2layers", "block", True),
+    ("ort-fp32", "2layers", "block", True),
 ]
 
 

@@ -94,12 +94,11 @@ class OrtBackend(Backend):
         self.shared_pool = thread_pool == "shared" and shared_thread_pool(ort, threads)
         self.sessions_created = 0  # counted so tests and benches can see what a streamed run builds
 
-    def configure(self, swapping: bool, amortized: bool = False) -> None:
+    def configure(self, swapping: bool) -> None:
         # Prepacking re-lays out GEMM weights at load: on a built BERT-base layer it is most of the load
-        # time (benchmarks/results/ort_load_options.md). Worth it when engines stay resident, or when one load
-        # serves a whole block of examples (layer-major schedule).
+        # time (benchmarks/results/ort_load_options.md). Worth it unless loads sit on the hot path.
         if self._prepack_fixed is None:
-            self.prepack = not swapping or amortized
+            self.prepack = not swapping
 
     def _options(self, entry: dict[str, Any]) -> Any:
         so = self._ort.SessionOptions()

@@ -38,9 +38,9 @@ class Backend(ABC):
         """The manifest variant this backend runs at ``precision`` (fp32 exported graphs by default)."""
         return "fp32" if precision == "fp32" else f"ort-{precision}"
 
-    def configure(self, swapping: bool, amortized: bool = False) -> None:  # noqa: B027 - optional hook
-        """Told by the runner whether engines will be swapped (budget below the model) or stay resident, and
-        whether each load serves a whole block of examples (layer-major schedule) rather than one batch."""
+    def configure(self, swapping: bool) -> None:  # noqa: B027 - optional hook
+        """Told by the runner whether engine loads sit on the hot path: engines are swapped (budget below the
+        model) and each load serves one micro-batch, not a whole block of examples (layer-major schedule)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -191,9 +191,10 @@ class Runner:
         return "all" if self.budget is None else fmt_bytes(self.budget)
 
     def _configure(self, amortized: bool) -> None:
+        """Tell the backend whether loads sit on the hot path (swapping, one load per micro-batch)."""
         if amortized != self._amortized:
             self._amortized = amortized
-            self.backend.configure(swapping=self.streaming, amortized=amortized)
+            self.backend.configure(swapping=self.streaming and not amortized)
 
     # --- positions in the walk -------------------------------------------------------------
     EMBEDDINGS = 0
@@ -228,7 +229,7 @@ class Runner:
 
     def _run_layer(self, i: int, live: list[_Batch]) -> None:
         """Layer i (and its ramp) for every live micro-batch, each engine acquired once for all of them."""
-        after = (self.layer(i + 1) % len(self.cache.order),) if i + 1 < self.n else (0,)
+        after = (self.layer(i + 1),) if i + 1 < self.n else (self.EMBEDDINGS,)  # next batch's embeddings
         with self._engine(self.layer(i), prefetch=(self.ramp(i), *after)) as eng:
             for b in live:
                 out = self.backend.run(eng, {"hidden_states": b.hidden, "attention_mask": b.mask})
