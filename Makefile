@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ART ?= out/demo-artifact
 
-.PHONY: venv demo test test-slow lint typecheck clean
+.PHONY: venv demo test test-core test-slow lint typecheck footprint clean
 
 $(BIN)/nanotrt: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,19 @@ test: venv
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
+# The device install: `pip install .` without extras (no torch) runs `nanotrt predict` on the committed tiny
+# artifact and the runtime tests (the offline ones skip). Run from outside the checkout so that the repo's
+# nanotrt/ folder does not shadow the installed package.
+CORE ?= .venv-core
+test-core:
+	rm -rf $(CORE)
+	$(PY) -m venv $(CORE)
+	$(CORE)/bin/pip install -q --upgrade pip
+	$(CORE)/bin/pip install -q . pytest hypothesis
+	! $(CORE)/bin/python -c "import torch" 2>/dev/null
+	cd /tmp && $(CURDIR)/$(CORE)/bin/nanotrt predict $(CURDIR)/tests/fixtures/tiny-artifact "a core install runs this" --exit patience=2 --memory-budget 2layers
+	cd /tmp && $(CURDIR)/$(CORE)/bin/pytest -q -p no:cacheprovider $(CURDIR)/tests/test_runtime.py $(CURDIR)/tests/test_packaging.py
+
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
 
@@ -37,5 +50,8 @@ typecheck: venv
 	$(BIN)/python scripts/prepare_typings.py
 	$(BIN)/mypy
 
+footprint: venv
+	$(BIN)/python benchmarks/install_footprint.py
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(CORE) out

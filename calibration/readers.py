@@ -8,14 +8,13 @@ The same feeds serve ONNX Runtime's quantize_static and TensorRT's legacy calibr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-from nanotrt.pipeline.glue import read_split
-from nanotrt.pipeline.progress import progress
 from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.progress import progress
 from nanotrt.runtime.tokenize import Tokenizer
 
 Feeds = dict[str, np.ndarray]
@@ -58,12 +57,24 @@ def _pad_seq(a: np.ndarray, width: int) -> np.ndarray:
     return np.pad(a, pad)
 
 
-def collect(artifact: Manifest, task: str, size: int = 512, batch_size: int = 16, data_dir: str | Path | None = None,
+class Sentences(Protocol):
+    """What calibration reads (a GLUE ``Split`` fits): texts and, for pair tasks, their second sentences.
+    The caller reads the data, so calibration does not depend on the GLUE readers (offline side)."""
+
+    @property
+    def texts(self) -> Sequence[str]: ...
+
+    @property
+    def pairs(self) -> Sequence[str] | None: ...
+
+    def __len__(self) -> int: ...
+
+
+def collect(artifact: Manifest, split: Sentences, task: str, batch_size: int = 16,
             variant: str = "fp32") -> CalibrationSet:
-    """Run the FP32 graphs on ``size`` train sentences of ``task`` and keep every graph's inputs."""
+    """Run the FP32 graphs on the sentences of ``split`` (a train split) and keep every graph's inputs."""
     import onnxruntime as ort
 
-    split = read_split(task, "train", data_dir, limit=size)
     tok = Tokenizer.from_manifest(artifact.root, artifact.tokenizer)
     sched = artifact.schedule(variant)
     table = np.load(artifact.verify(artifact.data["lookup"]), mmap_mode="r")

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from nanotrt.extras import extra_for_module, missing_message, require
 from nanotrt.runtime.errors import NanotrtError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,6 +34,7 @@ def export(
     whole: Annotated[bool, typer.Option(help="also export the whole model as one graph (bench baseline)")] = False,
 ) -> None:
     """Cut a model into embeddings / layer / ramp ONNX graphs plus manifest.json."""
+    require("export", "`nanotrt export`")
     from nanotrt.pipeline.export import export_model
     from nanotrt.pipeline.model import load_model
 
@@ -59,6 +61,7 @@ def train(
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir (default $NANOTRT_GLUE_DIR or ../shared/data/glue)")] = None,
 ) -> None:
     """Train off-ramps on a GLUE task; prints and saves the dev metric of every ramp."""
+    require("train", "`nanotrt train`")
     from nanotrt.pipeline.train import TrainConfig, print_ramp_table
     from nanotrt.pipeline.train import train as run_train
 
@@ -90,6 +93,7 @@ def build(
     fused: Annotated[bool, typer.Option("--fused", help="also ort-*-fused: layer i and its ramp as one graph")] = False,
 ) -> None:
     """Add optimized / FP16 / INT8 engines for a backend to an artifact (atomic, idempotent)."""
+    require("export", "`nanotrt build`")  # onnx for graph surgery and quantization
     from nanotrt.pipeline.build import build as run_build
 
     trt_options = None
@@ -125,6 +129,7 @@ def bench(
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
 ) -> None:
     """Accuracy / speed / memory table: early exit vs PyTorch eager and one-graph ORT, on the same inputs."""
+    require("bench", "`nanotrt bench`")
     from nanotrt.pipeline.benchreport import print_table, run_bench
 
     report = run_bench(task, artifact, exit=exit, budget=memory_budget, batch_size=batch_size, sweep=sweep,
@@ -200,6 +205,7 @@ def demo(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="artifact dir (default: cache)")] = None,
 ) -> None:
     """Export the embedded MiniLM-L6 demo model (mean-pooled ramps, untrained) and stream a few predictions."""
+    require("demo", "`nanotrt demo`")
     from nanotrt.pipeline.demo import cache_dir, demo_model_dir
     from nanotrt.pipeline.export import export_model
     from nanotrt.pipeline.model import load_model
@@ -225,6 +231,12 @@ def main() -> None:
         app()
     except NanotrtError as e:
         typer.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
+    except ModuleNotFoundError as e:  # an optional dependency reached past a command's upfront check
+        extra = extra_for_module(e.name or "")
+        if extra is None:
+            raise
+        typer.echo(f"error: {missing_message('this command', e.name or '', extra)}", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

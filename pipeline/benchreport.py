@@ -9,10 +9,10 @@ from typing import Any
 
 from nanotrt.pipeline.bench import RowSpec, machine_info, run_child
 from nanotrt.pipeline.glue import get_task, task_file
-from nanotrt.pipeline.progress import console, progress, table_console
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import atomic_file, write_json
+from nanotrt.runtime.progress import console, progress, table_console
 
 # Large train sets are subsampled for the embedded default so first use stays practical on 2 cores
 # (SST-2: 16k of 67k sentences, one epoch, ~16 min here); small ones use the training defaults.

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nanotrt.pipeline.progress import console, progress
 from nanotrt.runtime.artifact import Manifest, Schedule
 from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.progress import console, progress
 
 # Max relative L2 error of a graph's output (on its FP32 calibration inputs) before it is kept in FP32.
 # The per-graph errors of a build are recorded in its manifest (variants.ort-int8.rel_error); for the
@@ -133,8 +133,9 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
             continue
         if VARIANTS[variant].calibrated and calib is None:
             from nanotrt.calibration.readers import collect
+            from nanotrt.pipeline.glue import read_split
 
-            calib = collect(m, calib_task or "", calib_size, data_dir=data_dir)
+            calib = collect(m, read_split(calib_task or "", "train", data_dir, limit=calib_size), calib_task or "")
         staging = m.root / f".{variant}.{secrets.token_hex(4)}.tmp"
         final_dir = m.root / f"{variant}.{secrets.token_hex(4)}"
         staging.mkdir()

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from nanotrt.pipeline.glue import Split, Task, compute_metrics, get_task, predictions_from_logits, read_split
 from nanotrt.pipeline.model import OffRampModel, load_model, save_checkpoint
-from nanotrt.pipeline.progress import console, progress
 from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.progress import console, progress
 from torch import nn
 
 METHODS = ("pabee", "deebert")
@@ -193,7 +193,7 @@ def train(model_dir: str | Path, out_dir: str | Path, cfg: TrainConfig) -> dict[
 
 def print_ramp_table(report: dict[str, Any]) -> None:
     """The per-ramp dev metric table of a training report (x100)."""
-    from nanotrt.pipeline.progress import table_console
+    from nanotrt.runtime.progress import table_console
     from rich.table import Table
 
     table = Table(title=f"{report['task']} dev, per ramp ({report['train_seconds']} s training)")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # make_tiny_artifact
 
 from tinymodels import FAMILIES, make_tiny  # noqa: E402
 
@@ -15,12 +16,15 @@ from tinymodels import FAMILIES, make_tiny  # noqa: E402
 # pool is tested in child processes).
 os.environ.setdefault("NANOTRT_ORT_THREAD_POOL", "session")
 
+# Committed, made by scripts/make_tiny_artifact.py: lets the runtime tests run in a core install (no torch).
+TINY_ARTIFACT = Path(__file__).parent / "fixtures" / "tiny-artifact"
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hi there", "A somewhat longer sentence, with punctuation!"]
 PAIRS = ["It was quick.", "Hello back to you, my friend, how are you doing today?", "Short."]
 
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("torch")
     root = tmp_path_factory.mktemp("models")
     return {fam: make_tiny(fam, root / fam) for fam in FAMILIES}
 

@@ -70,24 +70,31 @@ def test_rebuild_is_idempotent(built: Path) -> None:
     assert sorted(p.name for p in built.iterdir()) == dirs
 
 
-def test_calibration_reads_train_split_only(artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibration_reads_train_split_only(artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
     import nanotrt.calibration.readers as cr
+    import nanotrt.pipeline.glue as glue
 
     seen: list[str] = []
-    real = cr.read_split
+    real = glue.read_split
 
     def spy(task: str, split: str = "dev", *a: object, **k: object) -> object:
         seen.append(split)
         return real(task, split, *a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cr, "read_split", spy)
-    m = Manifest.load(artifacts["bert"])
-    cs = cr.collect(m, "cola", size=8, data_dir=FIX)
+    monkeypatch.setattr(glue, "read_split", spy)
+    sets: list[cr.CalibrationSet] = []
+    real_collect = cr.collect
+    monkeypatch.setattr(cr, "collect", lambda *a, **k: sets.append(real_collect(*a, **k)) or sets[-1])
+    art = tmp_path / "art"
+    shutil.copytree(artifacts["bert"], art)
+    build(art, int8=True, calib_task="cola", calib_size=8, data_dir=FIX)
     assert seen == ["train"]
+    m = Manifest.load(art)
     sched = m.schedule()
     # layer i is calibrated on what the FP32 prefix produces: ramp i's input is layer i's output
-    assert cs.batches(sched.layers[1])[0]["hidden_states"].shape[-1] == m.data["hidden_size"]
-    assert sum(len(b["input_ids"]) for b in cs.batches(sched.embeddings)) == 8
+    assert sets[0].batches(sched.layers[1])[0]["hidden_states"].shape[-1] == m.data["hidden_size"]
+    assert sum(len(b["input_ids"]) for b in sets[0].batches(sched.embeddings)) == 8
 
 
 def test_interrupted_build_leaves_previous_artifact(artifacts: dict[str, Path], tmp_path: Path,

@@ -1,4 +1,7 @@
-"""Streaming runtime: budgets, prefetch, swaps, exit policies vs a PyTorch reference, batch compaction."""
+"""Streaming runtime: budgets, prefetch, swaps, exit policies vs a PyTorch reference, batch compaction.
+
+Runs in a core install (no torch) on the committed tiny artifact; the tests that need the offline stack
+(export, the PyTorch reference) skip there."""
 
 from __future__ import annotations
 
@@ -11,8 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from conftest import PAIRS, TEXTS
+from conftest import PAIRS, TEXTS, TINY_ARTIFACT
 from nanotrt.engines.onnxruntime import OrtBackend
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.exits import parse_exit
@@ -28,22 +30,19 @@ MANY = [
 
 
 @pytest.fixture(scope="module")
-def spiky(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-layer BERT whose ramps give confident, varied predictions, so exits differ per sample."""
-    from nanotrt.pipeline.export import export_model
-    from nanotrt.pipeline.model import load_model, save_checkpoint
-    from tinymodels import make_tiny
+def spiky() -> Path:
+    """The committed tiny artifact: a 4-layer BERT whose ramps give confident, varied predictions, so exits
+    differ per sample (scripts/make_tiny_artifact.py). Tests that modify it work on a copy."""
+    return TINY_ARTIFACT
 
-    root = tmp_path_factory.mktemp("spiky")
-    d = make_tiny("bert", root / "hf", layers=4, seed=3)
-    m = load_model(d, pooling="mean")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for r in m.ramps:
-            r.dense.weight.copy_(torch.randn(r.dense.weight.shape, generator=g))
-            r.out.weight.copy_(3 * torch.randn(r.out.weight.shape, generator=g))
-    save_checkpoint(m, root / "ckpt", tokenizer_src=d)
-    return export_model(root / "ckpt", root / "art").root
+
+@pytest.fixture(scope="module")
+def spiky_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same model re-made with its PyTorch checkpoint kept, for the reference comparisons."""
+    pytest.importorskip("torch")
+    from make_tiny_artifact import make
+
+    return make(tmp_path_factory.mktemp("spiky") / "art", include_checkpoint=True)
 
 
 class CountingBackend(OrtBackend):
@@ -105,12 +104,13 @@ def test_budget_too_small_names_minimum(spiky: Path) -> None:
 
 
 @pytest.mark.parametrize("spec", ["patience=1", "patience=2", "entropy=0.005", "maxprob=0.999", "depth=2", "none"])
-def test_exits_match_pytorch_reference(spiky: Path, spec: str) -> None:
+def test_exits_match_pytorch_reference(spiky_ckpt: Path, spec: str) -> None:
+    import torch
     from nanotrt.pipeline.model import load_model
     from nanotrt.pipeline.reference import reference_exit
 
-    model = load_model(spiky / "checkpoint")
-    with Runner.from_artifact(spiky, exit=spec, memory_budget="2layers") as r:
+    model = load_model(spiky_ckpt / "checkpoint")
+    with Runner.from_artifact(spiky_ckpt, exit=spec, memory_budget="2layers") as r:
         res = r.predict(MANY, batch_size=5)
         enc = [r.tokenizer([t]) for t in MANY]
     policy = parse_exit(spec)
@@ -137,10 +137,10 @@ def test_batch_compaction_equals_one_by_one(spiky: Path, spec: str) -> None:
     assert batched.stats.layers_executed < len(MANY) * 4  # some rows really left early
 
 
-def test_torch_backend_matches_onnxruntime(spiky: Path) -> None:
-    with Runner.from_artifact(spiky, backend="torch", exit="patience=1") as r:
+def test_torch_backend_matches_onnxruntime(spiky_ckpt: Path) -> None:
+    with Runner.from_artifact(spiky_ckpt, backend="torch", exit="patience=1") as r:
         ref = r.predict(MANY, batch_size=4)
-    with Runner.from_artifact(spiky, exit="patience=1") as r:
+    with Runner.from_artifact(spiky_ckpt, exit="patience=1") as r:
         ours = r.predict(MANY, batch_size=4)
     assert ref.exit_layers.tolist() == ours.exit_layers.tolist()
     np.testing.assert_allclose(ref.logits, ours.logits, atol=1e-4)
@@ -198,6 +198,7 @@ def test_memory_comes_back_after_release(tmp_path: Path) -> None:
     child process: in the test process, heap freed by earlier tests would absorb the loads."""
     import json
 
+    pytest.importorskip("torch")
     from nanotrt.pipeline.export import export_model
     from tinymodels import make_tiny
     from transformers import AutoConfig, AutoModelForSequenceClassification
