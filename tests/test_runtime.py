@@ -85,7 +85,7 @@ def test_smallest_budget_equals_all_resident(artifacts: dict[str, Path], fam: st
     np.testing.assert_allclose(small.logits[3:], full.logits, atol=1e-6)
 
 
-@pytest.mark.parametrize("budget", ["1layer", "2layers", "120KB", "all"])
+@pytest.mark.parametrize("budget", ["1layer", "2layers", "200KB", "all"])
 def test_engine_bytes_never_exceed_budget(spiky: Path, budget: str) -> None:
     r = Runner.from_artifact(spiky, memory_budget=budget)
     be = CountingBackend(r.budget)
