@@ -161,7 +161,7 @@ def predict(
     pair: Annotated[str | None, typer.Option(help="second sentence of a pair")] = None,
     file: Annotated[Path | None, typer.Option("-f", "--file", help="one text per line (TAB before a pair); - = stdin")] = None,
     backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt | torch")] = "onnxruntime",
-    memory_budget: Annotated[str, typer.Option(help="engine memory budget: all, 300MB, 2GB, 2layers")] = "all",
+    memory_budget: Annotated[str, typer.Option(help="memory budget for engines + activations: all, 300MB, 2GB, 2layers (room for 2 of the largest graphs)")] = "all",
     exit: Annotated[str, typer.Option("--exit", help="none, patience=3, entropy=0.3, maxprob=0.9, depth=4")] = "none",
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (built variants)")] = "fp32",
     variant: Annotated[str | None, typer.Option(help="manifest variant to run (overrides --precision)")] = None,
