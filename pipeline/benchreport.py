@@ -87,26 +87,31 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
     report: dict[str, Any] = {"task": t.name, "artifact": str(art), "exit": exit, "budget": budget,
                               "batch_size": batch_size, "layers": m.num_layers, "machine": machine_info(),
                               "date": time.strftime("%Y-%m-%d %H:%M"), "results": {}}
+    # Exit and streaming rows run the fused layer+ramp variants when built (one engine call per layer).
+    f32, i8 = (f"{v}-fused" if f"{v}-fused" in m.variants else v for v in (fp32, "ort-int8"))
+    stream = i8 if int8 else f32
+    label = f"{'int8' if int8 else 'fp32'}{' fused' if stream.endswith('-fused') else ''}"
     for name in tasks:
         base: dict[str, Any] = {"artifact": str(art), "task": name, "data_dir": data_dir, "limit": limit,
                                 "threads": threads}
-        stream = "ort-int8" if int8 else fp32
         rows = [
             RowSpec("1 torch eager, full", "torch-full", **base),
             RowSpec(f"2 torch eager, {exit}", "torch-exit", exit=exit, **base),
             RowSpec("3 ORT one graph", "ort-whole", **base),
             RowSpec("4 nanotrt full, all resident", "runner", variant=fp32, **base),
             RowSpec("4 nanotrt full, fused, all resident", "runner", variant=f"{fp32}-fused", **base),
-            RowSpec(f"5 nanotrt fp32 {exit} @{budget}", "runner", exit=exit, budget=budget, variant=fp32, **base),
-            RowSpec(f"5 nanotrt int8 {exit} @{budget}", "runner", exit=exit, budget=budget, variant="ort-int8", **base),
+            RowSpec(f"5 nanotrt fp32 {exit} @{budget}{' (fused)' * (f32 != fp32)}", "runner", exit=exit, budget=budget,
+                    variant=f32, **base),
+            RowSpec(f"5 nanotrt int8 {exit} @{budget}{' (fused)' * (i8 != 'ort-int8')}", "runner", exit=exit,
+                    budget=budget, variant=i8, **base),
         ]
         if budget == "all":  # also show the memory side: the same exit, streamed under a 2-layer budget
-            rows += [RowSpec(f"6 nanotrt {stream[4:8] if int8 else 'fp32'} {exit} @2layers", "runner", exit=exit,
+            rows += [RowSpec(f"6 nanotrt {label} {exit} @2layers", "runner", exit=exit,
                              budget="2layers", variant=stream, **base),
-                     RowSpec(f"7 nanotrt {stream[4:8] if int8 else 'fp32'} {exit} @2layers, block mode, batch "
+                     RowSpec(f"7 nanotrt {label} {exit} @2layers, block mode, batch "
                              f"{max(batch_size, 8)}", "runner", exit=exit, budget="2layers", variant=stream,
                              mode="block", batch_size=max(batch_size, 8), **base),
-                     RowSpec(f"7 nanotrt {stream[4:8] if int8 else 'fp32'} {exit} @all, batch {max(batch_size, 8)}",
+                     RowSpec(f"7 nanotrt {label} {exit} @all, batch {max(batch_size, 8)}",
                              "runner", exit=exit, variant=stream, mode="block", batch_size=max(batch_size, 8), **base)]
         if batch_size > 1:
             rows += [
