@@ -167,7 +167,9 @@ def main() -> None:
         r["max_abs_logit_diff"] = float(np.abs(np.array(r["logits"]) - np.array(base["logits"])).max())
         r["same_exit_layers"] = r["exit_layers"] == base["exit_layers"]
         r["same_labels"] = bool((np.array(r["logits"]).argmax(1) == np.array(base["logits"]).argmax(1)).all())
-        del r["logits"], r["exit_layers"]
+    for r in block_rows:
+        r["logits_sum"] = float(np.sum(r.pop("logits")))
+        r["avg_exit_layer"] = float(np.mean(r.pop("exit_layers")))
     report = {"model": "BERT-base shape (12x768, random weights), bert-base-uncased tokenizer",
               "machine": machine_info(), "rows": rows, "many": block_rows}
     a.out.mkdir(parents=True, exist_ok=True)

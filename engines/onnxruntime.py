@@ -95,8 +95,9 @@ class OrtBackend(Backend):
         self.sessions_created = 0  # counted so tests and benches can see what a streamed run builds
 
     def configure(self, swapping: bool) -> None:
-        # Prepacking re-lays out GEMM weights at load: on a built BERT-base layer it is most of the load
-        # time (benchmarks/results/ort_load_options.md). Worth it unless loads sit on the hot path.
+        # Prepacking re-lays out GEMM weights at load into a second copy: most of a built BERT-base layer's
+        # load time (benchmarks/results/ort_load_options.md) and memory the budget does not count. Only when
+        # everything stays resident.
         if self._prepack_fixed is None:
             self.prepack = not swapping
 

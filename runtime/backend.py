@@ -39,8 +39,8 @@ class Backend(ABC):
         return "fp32" if precision == "fp32" else f"ort-{precision}"
 
     def configure(self, swapping: bool) -> None:  # noqa: B027 - optional hook
-        """Told by the runner whether engine loads sit on the hot path: engines are swapped (budget below the
-        model) and each load serves one micro-batch, not a whole block of examples (layer-major schedule)."""
+        """Told by the runner whether engines will be swapped (budget below the model) or stay resident: a
+        swapped engine must hold no more than its manifest bytes."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
