@@ -31,14 +31,15 @@ test: venv
 # artifact and the runtime tests (the offline ones skip). Run from outside the checkout so that the repo's
 # nanotrt/ folder does not shadow the installed package.
 CORE ?= .venv-core
+CORE_TESTS = test_runtime.py test_packaging.py test_concurrency.py test_residency_props.py
 test-core:
 	rm -rf $(CORE)
 	$(PY) -m venv $(CORE)
 	$(CORE)/bin/pip install -q --upgrade pip
-	$(CORE)/bin/pip install -q . pytest hypothesis
+	$(CORE)/bin/pip install -q -c constraints.txt . pytest hypothesis
 	! $(CORE)/bin/python -c "import torch" 2>/dev/null
 	cd /tmp && $(CURDIR)/$(CORE)/bin/nanotrt predict $(CURDIR)/tests/fixtures/tiny-artifact "a core install runs this" --exit patience=2 --memory-budget 2layers
-	cd /tmp && $(CURDIR)/$(CORE)/bin/pytest -q -p no:cacheprovider $(CURDIR)/tests/test_runtime.py $(CURDIR)/tests/test_packaging.py
+	cd /tmp && $(CURDIR)/$(CORE)/bin/pytest -q -p no:cacheprovider $(addprefix $(CURDIR)/tests/,$(CORE_TESTS))
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow

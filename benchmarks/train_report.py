@@ -28,7 +28,7 @@ def main() -> None:
         rep["machine"] = machine_info()
         task, cfg = rep["task"], rep["config"]
         write_json(out / f"train_{task}.json", rep)
-        keys = [k for k in rep["ramps"][0] if k != "layer"]
+        keys = [rep["metric"], *(k for k in rep["ramps"][0] if k not in ("layer", rep["metric"]))]
         cmd = (f"nanotrt train --task {task} --model <MiniLM-L6 dir> -o ckpt --method {cfg['method']}"
                + (f" --limit {cfg['limit']}" if cfg["limit"] else "") + (f" --epochs {cfg['epochs']:g}"))
         lines = [f"# Off-ramp training: {task} ({cfg['method']})", "",
@@ -37,6 +37,7 @@ def main() -> None:
                  f"Training took **{rep['train_seconds'] / 60:.1f} min** on {rep['machine']['cpu']} "
                  f"({rep['machine']['cores']} cores). Loss {rep['loss_first']:.3f} -> {rep['loss_last']:.3f}.",
                  *([f"Note: {note}"] if note else []), "",
+                 *([f"{keys[0]} is GLUE's main metric for {task} (listed first)."] if len(keys) > 1 else []),
                  "| ramp (layer) | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         lines += [f"| {r['layer']} | " + " | ".join(f"{100 * r[k]:.2f}" for k in keys) + " |" for r in rep["ramps"]]
         (out / f"train_{task}.md").write_text("\n".join(lines) + "\n")

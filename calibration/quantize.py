@@ -88,6 +88,7 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> bool:
     if not nodes:
         shutil.copy2(src, dst)
         return False
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's pre-processing hint, as in quantize_static_qdq
     quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
                      weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
     return True

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.progress import progress
 from nanotrt.runtime.tokenize import Tokenizer
 
@@ -70,10 +71,21 @@ class Sentences(Protocol):
     def __len__(self) -> int: ...
 
 
+def batch_order(split: Sentences) -> np.ndarray:
+    """Length-sorted order, ties in file order. A *stable* sort: numpy's default argsort breaks ties in an
+    implementation-defined order (it can differ across numpy versions and SIMD dispatch), and the tie order
+    decides the calibration batches, hence their padding and activation ranges, hence the INT8 graphs."""
+    return np.argsort([len(t) + len(p) for t, p in zip(split.texts, split.pairs or [""] * len(split), strict=True)],
+                      kind="stable")
+
+
 def collect(artifact: Manifest, split: Sentences, task: str, batch_size: int = 16,
             variant: str = "fp32") -> CalibrationSet:
     """Run the FP32 graphs on the sentences of ``split`` (a train split) and keep every graph's inputs."""
     import onnxruntime as ort
+
+    if len(split) == 0:
+        raise NanotrtError("no calibration sentences: use --calib-size N with N >= 1 (default 512)")
 
     tok = Tokenizer.from_manifest(artifact.root, artifact.tokenizer)
     sched = artifact.schedule(variant)
@@ -88,7 +100,7 @@ def collect(artifact: Manifest, split: Sentences, task: str, batch_size: int = 1
     out = CalibrationSet(task, "train", len(split))
     for n in sched.names():
         out.feeds[n] = []
-    order = np.argsort([len(t) + len(p) for t, p in zip(split.texts, split.pairs or [""] * len(split), strict=True)])
+    order = batch_order(split)
     with progress() as bar:
         job = bar.add_task("calibration data", total=len(order), info=f"{task} train")
         for s in range(0, len(order), batch_size):

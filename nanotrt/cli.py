@@ -6,14 +6,16 @@ Errors the user can fix (NanotrtError) print as one line and exit with status 2,
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from nanotrt.extras import extra_for_module, missing_message, require
 from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.fsutil import DISK_FULL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Per-layer engines, memory-budget streaming and early exit for BERT-family classifiers.")
@@ -137,20 +139,68 @@ def bench(
     print_table(report)
 
 
-def _read_inputs(texts: list[str], pair: str | None, file: Path | None) -> tuple[list[str], list[str] | None]:
+def _decode(data: bytes, encoding: str, name: str) -> str:
+    """Strict decoding: a byte the encoding cannot read is an error naming its line, not a guess."""
+    try:
+        text = data.decode(encoding)
+    except LookupError:
+        raise NanotrtError(f"unknown --encoding '{encoding}': use a Python codec name, e.g. utf-8, latin-1, cp1252") from None
+    except UnicodeDecodeError as e:
+        line = data[: e.start].decode(encoding, errors="replace").count("\n") + 1
+        raise NanotrtError(f"{name} line {line}: byte 0x{data[e.start]:02x} is not valid {encoding}: convert the file "
+                           "to UTF-8, or pass --encoding with its encoding (e.g. latin-1, cp1252)") from None
+    return text[1:] if text.startswith("\ufeff") else text  # a BOM (Windows editors) is not text
+
+
+def _read_lines(file: Path, encoding: str) -> tuple[list[str], list[str] | None]:
+    """One text per line, TAB before an optional pair (every line or none). Empty and whitespace-only
+    lines are skipped and counted on stderr; a line whose text or pair is empty is an error."""
+    name = "stdin" if str(file) == "-" else str(file)
+    try:
+        data = sys.stdin.buffer.read() if name == "stdin" else file.read_bytes()
+    except FileNotFoundError:
+        raise NanotrtError(f"input file '{file}' does not exist") from None
+    except OSError as e:
+        raise NanotrtError(f"cannot read input file '{file}' ({e.strerror}): give a readable text file") from None
+    text = _decode(data, encoding, name)
+    # split on \n only (str.splitlines also splits on form feeds etc., which would shift line numbers)
+    lines = [x.removesuffix("\r") for x in text.removesuffix("\n").split("\n")] if text else []
+    rows, skipped = [], 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            skipped += 1
+            continue
+        parts = line.split("\t", 1)
+        if any(not p.strip() for p in parts):
+            raise NanotrtError(f"{name} line {n}: empty text {'before' if not parts[0].strip() else 'after'} the TAB: "
+                               "give both sentences of the pair, or remove the TAB")
+        rows.append((n, parts))
+    if not rows:
+        raise NanotrtError(f"{name} has no text: give one text per line (TAB before a pair)")
+    if skipped:
+        typer.echo(f"note: skipped {skipped} empty line(s) in {name}", err=True)
+    paired = [n for n, r in rows if len(r) == 2]
+    if paired and len(paired) != len(rows):
+        single = next(n for n, r in rows if len(r) == 1)
+        raise NanotrtError(f"{name} line {single} has no TAB-separated pair but line {paired[0]} has one: "
+                           "give every line a pair, or none")
+    return [r[0] for _, r in rows], ([r[1] for _, r in rows] if paired else None)
+
+
+def _read_inputs(texts: list[str], pair: str | None, file: Path | None,
+                 encoding: str = "utf-8") -> tuple[list[str], list[str] | None]:
     if file is not None:
-        src = sys.stdin if str(file) == "-" else None
-        if src is None and not file.is_file():
-            raise NanotrtError(f"input file '{file}' does not exist")
-        lines = (src.read() if src else file.read_text()).splitlines()
-        rows = [line.split("\t", 1) for line in lines if line.strip()]
-        if any(len(r) == 2 for r in rows):
-            return [r[0] for r in rows], [r[1] if len(r) == 2 else "" for r in rows]
-        return [r[0] for r in rows], None
+        if texts:
+            raise NanotrtError("give TEXT arguments or -f FILE, not both")
+        return _read_lines(file, encoding)
     if not texts:
         raise NanotrtError("no input: give TEXT arguments, or -f FILE (one text per line, TAB before a pair; - for stdin)")
     if pair is not None and len(texts) != 1:
         raise NanotrtError("--pair goes with exactly one TEXT; for many pairs use -f with TAB-separated lines")
+    for i, t in enumerate([*texts, *([pair] if pair is not None else [])]):
+        if not t.strip():
+            what = "--pair" if i == len(texts) else f"TEXT argument {i + 1}"
+            raise NanotrtError(f"{what} is empty: there is nothing to classify")
     return texts, ([pair] if pair is not None else None)
 
 
@@ -159,12 +209,15 @@ def predict(
     artifact: Annotated[Path, typer.Argument(help="artifact dir from `nanotrt export`")],
     texts: Annotated[list[str] | None, typer.Argument(help="text(s) to classify")] = None,
     pair: Annotated[str | None, typer.Option(help="second sentence of a pair")] = None,
-    file: Annotated[Path | None, typer.Option("-f", "--file", help="one text per line (TAB before a pair); - = stdin")] = None,
+    file: Annotated[Path | None, typer.Option("-f", "--file", help="one text per line (TAB before a pair); - = stdin; empty lines skipped")] = None,
+    encoding: Annotated[str, typer.Option(help="encoding of -f (undecodable bytes are an error naming the line)")] = "utf-8",
     backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt | torch")] = "onnxruntime",
     memory_budget: Annotated[str, typer.Option(help="memory budget for engines + activations: all, 300MB, 2GB, 2layers (room for 2 of the largest graphs)")] = "all",
     exit: Annotated[str, typer.Option("--exit", help="none, patience=3, entropy=0.3, maxprob=0.9, depth=4")] = "none",
-    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (built variants)")] = "fp32",
-    variant: Annotated[str | None, typer.Option(help="manifest variant to run (overrides --precision)")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8: runs the best variant the artifact has at "
+                                                "this precision (built before exported)")] = "fp32",
+    variant: Annotated[str | None, typer.Option(help="manifest variant to run, e.g. fp32 or ort-int8 "
+                                                     "(overrides --precision)")] = None,
     prefetch: Annotated[bool, typer.Option(help="load the next layer on a background thread")] = True,
     batch_size: Annotated[int, typer.Option(help="samples per batch (each exits on its own)")] = 8,
     mode: Annotated[str, typer.Option(help="auto | latency | block (layer-major over many inputs)")] = "auto",
@@ -176,11 +229,14 @@ def predict(
     """Classify text with the streaming runner (no torch import on the onnxruntime path)."""
     from nanotrt.runtime.runner import Runner
 
-    items, pairs = _read_inputs(texts or [], pair, file)
+    items, pairs = _read_inputs(texts or [], pair, file, encoding)
     options = {"threads": threads} if threads and backend == "onnxruntime" else {}
     with Runner.from_artifact(artifact, backend=backend, memory_budget=memory_budget, exit=exit,
                               variant=variant, prefetch=prefetch, precision=precision, **options) as runner:
         res = runner.predict(items, pairs, batch_size=batch_size, mode=mode, block_size=block_size)
+    if runner.tokenizer.truncated:  # one line, however many: the model sees only the first max_length tokens
+        typer.echo(f"warning: {runner.tokenizer.truncated} of {len(items)} input(s) longer than "
+                   f"{runner.tokenizer.max_length} tokens were truncated", err=True)
     regression = runner.manifest.task_type == "regression"
     for text, p in zip(items, res.predictions, strict=True):
         if as_json:
@@ -194,7 +250,7 @@ def predict(
             _out(f"{p.label}\t{probs}\texit@{p.exit_layer}/{runner.n}\tramps=[{ramps}]\t{text}")
     if stats:
         s = res.stats
-        typer.echo(json.dumps({"samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
+        typer.echo(json.dumps({"variant": s.variant, "samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
                                "compute_s": s.compute_s, "layer_time_s": s.layer_time_s, "mode": s.mode,
                                "blocks": s.blocks, "max_block": s.max_block,
                                "budget": runner.describe_budget(), **s.cache}, indent=1), err=True)
@@ -226,14 +282,61 @@ def demo(
          f"{s.cache['peak_resident_bytes'] / 1e6:.1f} MB, avg exit layer {s.avg_exit_layer:.2f}")
 
 
-def main() -> None:
+def _click_exceptions() -> Any:
+    import importlib
+
     try:
-        app()
+        return importlib.import_module("typer._click.exceptions")  # typer >= 0.2x vendors click
+    except ImportError:  # older typer: click itself
+        return importlib.import_module("click.exceptions")
+
+
+def _interrupted(e: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def main() -> None:
+    ce = _click_exceptions()
+    try:
+        # Not standalone: click's usage errors come here and print as one line like every other error.
+        rv = app(standalone_mode=False)
+    except ce.NoArgsIsHelpError as e:  # bare `nanotrt` / `nanotrt CMD`: show the help
+        e.show()
+        raise SystemExit(2) from None
+    except ce.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        typer.echo(f"error: {e.format_message()}{hint}", err=True)
+        raise SystemExit(2) from None
+    except ce.ClickException as e:
+        typer.echo(f"error: {e.format_message()}", err=True)
+        raise SystemExit(e.exit_code) from None
+    except typer.Abort:  # EOF on a prompt
+        raise SystemExit(1) from None
+    except BrokenPipeError:  # `nanotrt predict ... | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush stays quiet
+        raise SystemExit(1) from None
     except NanotrtError as e:
         typer.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None
-    except ModuleNotFoundError as e:  # an optional dependency reached past a command's upfront check
-        extra = extra_for_module(e.name or "")
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        typer.echo(f"error: no space left on the device ({e.filename or 'while writing'}): free some space and run "
+                   "again; outputs are written to temporary files first, so nothing was half-written", err=True)
+        raise SystemExit(2) from None
+    except ImportError as e:
+        if _interrupted(e):  # Ctrl-C during an import: onnxruntime re-raises it as "initialization failed"
+            typer.echo("interrupted", err=True)
+            raise SystemExit(130) from None
+        # an optional dependency reached past a command's upfront check
+        extra = extra_for_module(e.name or "") if isinstance(e, ModuleNotFoundError) else None
         if extra is None:
             raise
         typer.echo(f"error: {missing_message('this command', e.name or '', extra)}", err=True)
@@ -241,3 +344,4 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise SystemExit(130) from None
+    raise SystemExit(rv if isinstance(rv, int) else 0)

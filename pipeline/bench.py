@@ -5,10 +5,11 @@ Every row runs in its own child process, one after another, so that each row's p
 split with the artifact's tokenizer.json, so all rows see identical token ids.
 
 Rows: 1 torch-full (eager, full depth) · 2 torch-exit (the PABEE/DeeBERT reference loop, batch 1) ·
-3 ort-whole (one ONNX graph, all resident) · 4 nanotrt-full (per-layer, all resident, no exit; fused
-variant too when built) · 5 nanotrt-exit fp32 / int8 at the chosen memory budget · 6 the same exit streamed
-under a 2-layer budget, batch 1 · 7 the same over the whole dev set in block mode (layer-major).
-Rows that need what the artifact lacks (checkpoint, one-graph export) are skipped and listed.
+3 ort-whole (one ONNX graph, all resident; FP32, and dynamic INT8 as the INT8 baseline) · 4 nanotrt-full
+(per-layer, all resident, no exit; fused variant too when built) · 5 nanotrt-exit fp32 / int8 at the chosen
+memory budget · 6 the same exit streamed under a 2-layer budget, batch 1 · 7 the same over the whole dev set
+in block mode (layer-major). Rows that need what the artifact lacks (checkpoint, one-graph export, a built
+variant) are skipped and listed. Each row carries a ``key`` (stable, for lookups) besides its display name.
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ class RowSpec:
     kind: str  # torch-full | torch-exit | ort-whole | runner
     artifact: str
     task: str
+    key: str = ""  # stable id the report looks rows up by ("torch-full", "ort-whole-int8", ...)
+    graph: str = "whole"  # ort-whole: which one-graph model (FP32 "whole" or its dynamic INT8 build)
     data_dir: str | None = None
     limit: int | None = None
     exit: str = "none"
-    variant: str = "fp32"
+    variant: str | None = None  # runner: None = the artifact's best variant at ``precision`` (the runner's rule)
+    precision: str = "fp32"
     budget: str = "all"
     batch_size: int = 1
     prefetch: bool = True
@@ -132,7 +136,8 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
 
         outs, lat, wall = _time_batches(batches, full if spec.kind == "torch-full" else exit_)
         logits, layers = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
-        return _summary(task, labels, logits, layers, lat, wall, n, {"torch_imported": True})
+        return _summary(task, labels, logits, layers, lat, wall, n, {"precision": "fp32", "variant": "checkpoint",
+                                                                    "torch_imported": True})
 
     if spec.kind == "ort-whole":
         import onnxruntime as ort
@@ -140,13 +145,14 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
         so = ort.SessionOptions()
         if spec.threads:
             so.intra_op_num_threads = spec.threads
-        sess = ort.InferenceSession(str(m.verify("whole")), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(m.verify(spec.graph)), so, providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
         outs, lat, wall = _time_batches(batches, lambda b: sess.run(None, {k: b[k] for k in names})[0])
         logits = np.concatenate(outs)
-        res = _summary(task, labels, logits, np.full(len(logits), n), lat, wall, n,
-                       {"engine_peak_bytes": int(m.graphs["whole"]["bytes"]), "torch_imported": "torch" in sys.modules})
-        return res
+        entry = m.graphs[spec.graph]
+        return _summary(task, labels, logits, np.full(len(logits), n), lat, wall, n,
+                        {"engine_peak_bytes": int(entry["bytes"]), "precision": entry["precision"], "variant": spec.graph,
+                         "torch_imported": "torch" in sys.modules})
 
     from nanotrt.runtime.backend import get_backend
     from nanotrt.runtime.runner import Runner, RunStats
@@ -157,13 +163,14 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
     for exit_spec in spec.sweep or [spec.exit]:
         backend = get_backend("onnxruntime", threads=spec.threads)
         with Runner(m, backend, memory_budget=spec.budget, exit=exit_spec, variant=spec.variant,
-                    prefetch=spec.prefetch) as runner:
+                    prefetch=spec.prefetch, precision=spec.precision) as runner:
             stats = RunStats()
             outs, lat, wall = _time_batches(batches, lambda b, r=runner, s=stats: r.run_encoded(b, s)[:2])
             logits, layers = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
             cache = runner.cache.stats
             results.append(_summary(task, labels, logits, layers, lat, wall, n, {
-                "exit": exit_spec, "variant": spec.variant, "budget": runner.describe_budget(),
+                "exit": exit_spec, "variant": runner.variant, "budget": runner.describe_budget(),
+                "precision": m.data["variants"][runner.variant].get("precision", "fp32"),
                 "engine_peak_bytes": cache.peak_resident_bytes, "activation_peak_bytes": cache.peak_activation_bytes,
                 "load_s": cache.load_s, "wait_s": cache.wait_s, "loads": cache.loads,
                 "torch_imported": "torch" in sys.modules}))
@@ -178,7 +185,7 @@ def _block_row(spec: RowSpec, task: Task, m: Any, labels: np.ndarray) -> dict[st
 
     split = read_split(task, "dev", spec.data_dir, limit=spec.limit)
     with Runner(m, get_backend("onnxruntime", threads=spec.threads), memory_budget=spec.budget, exit=spec.exit,
-                variant=spec.variant, prefetch=spec.prefetch) as runner:
+                variant=spec.variant, prefetch=spec.prefetch, precision=spec.precision) as runner:
         runner.predict(split.texts[:WARMUP], split.pairs[:WARMUP] if split.pairs else None, spec.batch_size)
         t0 = time.perf_counter()
         res = runner.predict(split.texts, split.pairs, batch_size=spec.batch_size, mode="block")
@@ -186,7 +193,8 @@ def _block_row(spec: RowSpec, task: Task, m: Any, labels: np.ndarray) -> dict[st
         c = res.stats.cache
     lat = [wall / len(split)] * len(split)
     return _summary(task, labels, res.logits, res.exit_layers, lat, wall, m.num_layers, {
-        "exit": spec.exit, "variant": spec.variant, "budget": runner.describe_budget(), "mode": res.stats.mode,
+        "exit": spec.exit, "variant": runner.variant, "budget": runner.describe_budget(), "mode": res.stats.mode,
+        "precision": m.data["variants"][runner.variant].get("precision", "fp32"),
         "blocks": res.stats.blocks, "max_block": res.stats.max_block, "engine_peak_bytes": c["peak_resident_bytes"],
         "activation_peak_bytes": c["peak_activation_bytes"], "load_s": c["load_s"], "wait_s": c["wait_s"],
         "loads": c["loads"], "torch_imported": "torch" in sys.modules})

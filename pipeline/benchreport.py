@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from nanotrt.pipeline.bench import RowSpec, machine_info, run_child
-from nanotrt.pipeline.glue import get_task, task_file
+from nanotrt.pipeline.build import WHOLE_INT8
+from nanotrt.pipeline.glue import get_task, label_names, task_file
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import atomic_file, write_json
@@ -29,27 +30,84 @@ def sweep_specs(task_type: str, n_layers: int) -> list[str]:
 
 def prepare_default(task: str, data_dir: str | None = None, root: Path | None = None) -> Path:
     """The demo model trained with off-ramps on ``task``, exported (with the one-graph baseline) and
-    built to INT8, cached and reused."""
+    built to INT8 (static, dynamic, and the whole graph's dynamic INT8 baseline), cached and reused."""
     from nanotrt.pipeline.demo import cache_dir, demo_model_dir
 
     t = get_task(task)
     name = "mnli" if t.name == "mnli-mm" else t.name
     root = root or cache_dir() / f"minilm-{name}"
     art = root / "artifact"
-    if (art / "manifest.json").is_file() and "ort-int8" in Manifest.load(art).variants:
+    m = Manifest.load(art) if (art / "manifest.json").is_file() else None
+    if m and m.labels != label_names(m.task, m.labels):  # cached before label names: the file's "0"/"1"
+        m.data["labels"] = label_names(m.task, m.labels)
+        m.save()
+    if m and {"ort-int8", "ort-int8-dynamic"} <= set(m.variants) and WHOLE_INT8 in m.graphs:
         return art
     task_file(t, "train", data_dir)  # clear error before minutes of work
     from nanotrt.pipeline.build import build
     from nanotrt.pipeline.export import export_model
     from nanotrt.pipeline.train import TrainConfig, train
 
-    ckpt = root / "checkpoint"
-    if not (ckpt / "nanotrt.json").is_file():
-        console.print(f"[bold]first use:[/] training the demo model with off-ramps on {name} (cached in {root})")
-        train(demo_model_dir(), ckpt, TrainConfig(task=name, data_dir=data_dir, **DEFAULT_TRAIN.get(name, {})))
-    export_model(ckpt, art, whole=True)
-    build(art, int8=True, calib_task=name, data_dir=data_dir)
+    if m is None or "whole" not in m.graphs:
+        ckpt = root / "checkpoint"
+        if not (ckpt / "nanotrt.json").is_file():
+            console.print(f"[bold]first use:[/] training the demo model with off-ramps on {name} (cached in {root})")
+            train(demo_model_dir(), ckpt, TrainConfig(task=name, data_dir=data_dir, **DEFAULT_TRAIN.get(name, {})))
+        export_model(ckpt, art, whole=True)
+    # Idempotent: builds only what is missing (an artifact cached by an older nanotrt gains the INT8 baseline).
+    build(art, int8=True, dynamic=True, calib_task=name, data_dir=data_dir)
     return art
+
+
+def bench_rows(exit: str, budget: str, batch_size: int, int8s: list[str], base: dict[str, Any]) -> list[RowSpec]:
+    """The rows of one bench run. Runner rows name a precision and run the artifact's best variant for it
+    (``Manifest.best_variant``, as ``predict`` does); only the extra dynamic-INT8 row names its variant."""
+    int8 = bool(int8s)
+    rows = [
+        RowSpec("1 torch eager, full", "torch-full", key="torch-full", **base),
+        RowSpec(f"2 torch eager, {exit}", "torch-exit", key="torch-exit", exit=exit, **base),
+        RowSpec("3 ORT one graph", "ort-whole", key="ort-whole", **base),
+    ]
+    if int8:  # the INT8 baseline: what a user gets from ORT's quantize_dynamic on the whole graph
+        rows.append(RowSpec("3 ORT one graph, dynamic INT8", "ort-whole", key="ort-whole-int8", graph=WHOLE_INT8,
+                            **base))
+    rows += [
+        RowSpec("4 nanotrt full, all resident", "runner", key="full", **base),
+        RowSpec(f"5 nanotrt fp32 {exit} @{budget}", "runner", key="exit-fp32", exit=exit, budget=budget, **base),
+    ]
+    if int8:
+        rows.append(RowSpec(f"5 nanotrt int8 {exit} @{budget}", "runner", key="exit-int8", exit=exit, budget=budget,
+                            precision="int8", **base))
+    if "ort-int8-dynamic" in int8s[1:]:  # built with --dynamic: the same method as the INT8 baseline
+        rows.append(RowSpec(f"5 nanotrt int8 dynamic {exit} @{budget}", "runner", key="exit-int8-dynamic",
+                            exit=exit, budget=budget, variant="ort-int8-dynamic", **base))
+    if budget == "all":  # also show the memory side: the same exit, streamed under a 2-layer budget
+        rows.append(RowSpec(f"6 nanotrt {'int8' if int8 else 'fp32'} {exit} @2layers", "runner", key="stream",
+                            exit=exit, budget="2layers", precision="int8" if int8 else "fp32", **base))
+    if batch_size > 1:
+        rows += [
+            RowSpec(f"B torch eager, full, batch {batch_size}", "torch-full", key="b-torch-full",
+                    batch_size=batch_size, **base),
+            RowSpec(f"B nanotrt full, batch {batch_size}", "runner", key="b-full", batch_size=batch_size, **base),
+            RowSpec(f"B nanotrt fp32 {exit}, batch {batch_size}", "runner", key="b-exit-fp32", exit=exit,
+                    batch_size=batch_size, budget=budget, **base),
+        ]
+    return rows
+
+
+def runtime_rows(exit: str, batch_size: int, int8: bool, best_fp32: str, base: dict[str, Any]) -> list[RowSpec]:
+    """Issue 11's rows: the per-layer split without the fused product when that is the best variant, and the
+    2-layer streaming exit over the whole split in block mode (layer-major) next to all-resident."""
+    rows = []
+    if best_fp32.endswith("-fused"):
+        rows.append(RowSpec("4 nanotrt full, unfused, all resident", "runner", key="full-unfused",
+                            variant=best_fp32[: -len("-fused")], **base))
+    prec, bs = "int8" if int8 else "fp32", max(batch_size, 8)
+    rows += [RowSpec(f"7 nanotrt {prec} {exit} @2layers, block mode, batch {bs}", "runner", key="stream-block",
+                     exit=exit, budget="2layers", precision=prec, mode="block", batch_size=bs, **base),
+             RowSpec(f"7 nanotrt {prec} {exit} @all, batch {bs}", "runner", key="block-all", exit=exit,
+                     precision=prec, mode="block", batch_size=bs, **base)]
+    return rows
 
 
 def skip_reason(spec: RowSpec, m: Manifest) -> str | None:
@@ -58,11 +116,29 @@ def skip_reason(spec: RowSpec, m: Manifest) -> str | None:
         return "export with the PyTorch checkpoint kept: `nanotrt export CKPT -o ART --torch-reference`"
     if spec.kind == "ort-whole" and "whole" not in m.graphs:
         return "export the one-graph baseline too: `nanotrt export CKPT -o ART --whole`"
-    if spec.kind == "runner" and spec.variant not in m.variants:
-        if spec.variant.endswith("-fused"):
-            return "build the fused variant: `nanotrt build ART --fused`"
-        return f"build the {spec.variant} variant: `nanotrt build ART --int8 --calib-task TASK`"
+    if spec.kind == "ort-whole" and spec.graph not in m.graphs:
+        return "build the INT8 one-graph baseline: `nanotrt build ART --int8 --calib-task TASK`"
+    if spec.kind == "runner" and spec.variant is not None and spec.variant not in m.variants:
+        return f"build the {spec.variant} variant: `nanotrt build ART`"
     return None
+
+
+def row(results: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    return next((r for r in results if r.get("key") == key), None)
+
+
+def add_ratios(results: list[dict[str, Any]], sweeps: dict[str, list[dict[str, Any]]]) -> None:
+    """``wall_speedup``: throughput against PyTorch eager at full depth (batched rows: batched eager).
+    ``vs_ort``: batch-1 rows against the ORT one-graph row of the same precision (FP32, or dynamic INT8)."""
+    # Without the checkpoint (no eager rows) speedups are against the first row measured.
+    eager = row(results, "torch-full") or results[0]
+    eager_b = row(results, "b-torch-full") or next((r for r in results if r["key"].startswith("b-")), eager)
+    ort = {r["precision"]: r for r in results if r["key"].startswith("ort-whole")}
+    for r in [*results, *(p for pts in sweeps.values() for p in pts)]:
+        ref = eager_b if r.get("batch_size", 1) > 1 and r.get("mode") != "block" else eager
+        r["wall_speedup"] = r["throughput"] / ref["throughput"]
+        base = ort.get(r.get("precision", "fp32"))
+        r["vs_ort"] = r["throughput"] / base["throughput"] if base and (r.get("batch_size", 1) == 1 or r.get("mode") == "block") else None
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -81,45 +157,25 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
     if len(m.labels) != t.num_labels:
         raise NanotrtError(f"artifact '{art}' has {len(m.labels)} labels but {t.name} has {t.num_labels}: "
                            "use an artifact trained for this task")
+    if "whole" not in m.graphs or not m.data.get("checkpoint"):
+        raise NanotrtError(f"artifact '{art}' lacks the one-graph baseline or checkpoint: export it with "
+                           "`nanotrt export CKPT -o ART --whole`")
     exit = exit or DEFAULT_EXIT[m.task_type]
-    int8 = "ort-int8" in m.variants
-    fp32 = "ort-fp32" if "ort-fp32" in m.variants else "fp32"  # the built (optimized) graphs when present
+    int8s = m.variant_choices("int8")  # best first (the runner's rule), e.g. ort-int8, ort-int8-dynamic
+    if int8s and "whole" in m.graphs and WHOLE_INT8 not in m.graphs:
+        raise NanotrtError(f"artifact '{art}' lacks the INT8 one-graph baseline: run `nanotrt build {art} --int8 "
+                           f"--calib-task {t.name}` (builds only what is missing)")
     report: dict[str, Any] = {"task": t.name, "artifact": str(art), "exit": exit, "budget": budget,
                               "batch_size": batch_size, "layers": m.num_layers, "machine": machine_info(),
+                              "variants": {"fp32": m.best_variant("fp32"), "int8": int8s[0] if int8s else None},
                               "date": time.strftime("%Y-%m-%d %H:%M"), "results": {}}
-    # Exit and streaming rows run the fused layer+ramp variants when built (one engine call per layer).
-    f32, i8 = (f"{v}-fused" if f"{v}-fused" in m.variants else v for v in (fp32, "ort-int8"))
-    stream = i8 if int8 else f32
-    label = f"{'int8' if int8 else 'fp32'}{' fused' if stream.endswith('-fused') else ''}"
     for name in tasks:
         base: dict[str, Any] = {"artifact": str(art), "task": name, "data_dir": data_dir, "limit": limit,
                                 "threads": threads}
-        rows = [
-            RowSpec("1 torch eager, full", "torch-full", **base),
-            RowSpec(f"2 torch eager, {exit}", "torch-exit", exit=exit, **base),
-            RowSpec("3 ORT one graph", "ort-whole", **base),
-            RowSpec("4 nanotrt full, all resident", "runner", variant=fp32, **base),
-            RowSpec("4 nanotrt full, fused, all resident", "runner", variant=f"{fp32}-fused", **base),
-            RowSpec(f"5 nanotrt fp32 {exit} @{budget}{' (fused)' * (f32 != fp32)}", "runner", exit=exit, budget=budget,
-                    variant=f32, **base),
-            RowSpec(f"5 nanotrt int8 {exit} @{budget}{' (fused)' * (i8 != 'ort-int8')}", "runner", exit=exit,
-                    budget=budget, variant=i8, **base),
-        ]
-        if budget == "all":  # also show the memory side: the same exit, streamed under a 2-layer budget
-            rows += [RowSpec(f"6 nanotrt {label} {exit} @2layers", "runner", exit=exit,
-                             budget="2layers", variant=stream, **base),
-                     RowSpec(f"7 nanotrt {label} {exit} @2layers, block mode, batch "
-                             f"{max(batch_size, 8)}", "runner", exit=exit, budget="2layers", variant=stream,
-                             mode="block", batch_size=max(batch_size, 8), **base),
-                     RowSpec(f"7 nanotrt {label} {exit} @all, batch {max(batch_size, 8)}",
-                             "runner", exit=exit, variant=stream, mode="block", batch_size=max(batch_size, 8), **base)]
-        if batch_size > 1:
-            rows += [
-                RowSpec(f"B torch eager, full, batch {batch_size}", "torch-full", batch_size=batch_size, **base),
-                RowSpec(f"B nanotrt full, batch {batch_size}", "runner", batch_size=batch_size, variant=fp32, **base),
-                RowSpec(f"B nanotrt fp32 {exit}, batch {batch_size}", "runner", exit=exit, batch_size=batch_size,
-                        budget=budget, variant=fp32, **base),
-            ]
+        rows = bench_rows(exit, budget, batch_size, int8s, base)
+        if budget == "all":  # before the batched rows
+            at = next((i for i, r in enumerate(rows) if r.key.startswith("b-")), len(rows))
+            rows[at:at] = runtime_rows(exit, batch_size, bool(int8s), report["variants"]["fp32"], base)
         skipped = [{"row": r.name, "enable": why} for r in rows if (why := skip_reason(r, m)) is not None]
         rows = [r for r in rows if skip_reason(r, m) is None]
         results: list[dict[str, Any]] = []
@@ -128,102 +184,120 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
             for spec in rows:
                 bar.update(job, info=spec.name)
                 res = run_child(spec)
-                res["row"] = spec.name
+                res["row"], res["key"], res["batch_size"] = spec.name, spec.key, spec.batch_size
                 results.append(res)
                 bar.advance(job)
             sweeps: dict[str, list[dict[str, Any]]] = {}
             if sweep:
                 specs = sweep_specs(m.task_type, m.num_layers)
-                for variant in [fp32, *(["ort-int8"] if int8 else [])]:
+                for precision in ["fp32", *(["int8"] if int8s else [])]:
+                    variant = report["variants"][precision]
                     bar.update(job, info=f"sweep {variant}")
-                    sweeps[variant] = run_child(RowSpec(f"sweep {variant}", "runner", variant=variant,
+                    sweeps[variant] = run_child(RowSpec(f"sweep {variant}", "runner", precision=precision,
                                                         budget=budget, sweep=specs, **base))
                     bar.advance(job)
-        # Speedups against the first row measured (PyTorch eager when the checkpoint is there); batched
-        # rows against the first batched row; every batch-1 row also against the one graph (the split cost).
-        ref = results[0]
-        batched = [r for r in results if r["row"].startswith("B")]
-        whole = next((r for r in results if r["row"].startswith("3 ")), None)
-        for r in results:
-            r["wall_speedup"] = r["throughput"] / (batched[0] if r in batched else ref)["throughput"]
-            if whole is not None and r not in batched:
-                r["vs_one_graph"] = r["throughput"] / whole["throughput"]
-        for pts in sweeps.values():
-            for p in pts:
-                p["wall_speedup"] = p["throughput"] / ref["throughput"]
-        report["results"][name] = {"metric": get_task(name).main_metric, "rows": results, "sweeps": sweeps,
-                                   "reference": ref["row"], "skipped": skipped}
+        add_ratios(results, sweeps)
+        task_metrics = list(get_task(name).metrics)
+        report["results"][name] = {"metric": task_metrics[0], "metrics": task_metrics, "rows": results,
+                                   "sweeps": sweeps, "skipped": skipped}
     if out:
         write_report(report, Path(out))
     return report
 
 
-def _row(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any] | None:
-    return next((r for r in rows if r["row"].startswith(prefix)), None)
+def _metrics(r: dict[str, Any], names: list[str]) -> list[str]:
+    return [f"{100 * r['metrics'][k]:.2f}" for k in names]
 
 
-def _ratio(r: dict[str, Any], key: str) -> str:
-    return f"{r[key]:.2f}" if key in r else "-"
-
-
-COLUMNS = ("row", "metric", "avg exit", "layer x", "wall x", "vs one graph", "p50 ms", "p95 ms", "ex/s",
-           "peak RSS", "engines", "activations", "load s")
-
-
-def _cells(r: dict[str, Any]) -> list[str]:
-    return [r["row"], f"{100 * r['metric']:.2f}", f"{r['avg_exit_layer']:.2f}", f"{r['layer_speedup']:.2f}",
-            f"{r['wall_speedup']:.2f}", _ratio(r, "vs_one_graph"), f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
-            f"{r['throughput']:.1f}", _fmt_bytes(r["peak_rss_bytes"]), _fmt_bytes(r.get("engine_peak_bytes")),
-            _fmt_bytes(r.get("activation_peak_bytes")), f"{r.get('load_s', 0):.2f}"]
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     for name, res in report["results"].items():
-        table = Table(title=f"{name} dev · exit {report['exit']} · budget {report['budget']} · "
-                            f"wall x vs '{res.get('reference', '1 torch eager, full')}'")
-        for col in COLUMNS:
-            table.add_column(res["metric"] if col == "metric" else col, justify="left" if col == "row" else "right")
+        names = res["metrics"]
+        table = Table(title=f"{name} dev · exit {report['exit']} · budget {report['budget']}",
+                      caption=_main_note(name, names))
+        for col in ("row", "variant", *names, "avg exit", "layer x", "wall x", "vs ORT", "p50 ms", "p95 ms", "ex/s",
+                    "peak RSS", "engines", "load s"):
+            table.add_column(col, justify="left" if col in ("row", "variant") else "right")
         for r in res["rows"]:
-            table.add_row(*_cells(r))
+            table.add_row(r["row"], r.get("variant", "-"), *_metrics(r, names), f"{r['avg_exit_layer']:.2f}",
+                          f"{r['layer_speedup']:.2f}", f"{r['wall_speedup']:.2f}", _x(r.get("vs_ort")),
+                          f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['throughput']:.1f}",
+                          _fmt_bytes(r["peak_rss_bytes"]), _fmt_bytes(r.get("engine_peak_bytes")),
+                          f"{r.get('load_s', 0):.2f}")
         table_console.print(table)
         for sk in res.get("skipped", []):
             table_console.print(f"skipped: {sk['row']} -- {sk['enable']}")
 
 
+def _main_note(task: str, names: list[str]) -> str:
+    if len(names) == 1:
+        return f"metric: {names[0]}"
+    return f"exit-vs-full comparisons use {names[0]}, GLUE's first-listed metric for {task}"
+
+
+def _summary_lines(name: str, res: dict[str, Any]) -> list[str]:
+    """One line per task: both metrics where GLUE has two, speed against eager and against the ORT one
+    graph at the same precision (FP32; dynamic INT8)."""
+    rows, names = res["rows"], res["metrics"]
+    full, fp32, int8 = row(rows, "torch-full") or rows[0], row(rows, "exit-fp32"), row(rows, "exit-int8")
+    if fp32 is None:
+        return []
+
+    def pair(a: Any, b: Any, fmt: Any) -> str:
+        return f"{fmt(a)} / {fmt(b)}" if int8 is not None else fmt(a)
+
+    both = " / ".join(names)
+    return [
+        f"| task | {both}: full depth | {both}: with exit, fp32 | {both}: with exit, int8 | layer speedup | "
+        "wall-clock speedup vs eager, fp32 / int8 | vs ORT one graph at the same precision, fp32 / int8 |",
+        "|---|---|---|---|---|---|---|",
+        f"| {name} | {' / '.join(_metrics(full, names))} | {' / '.join(_metrics(fp32, names))} | "
+        f"{' / '.join(_metrics(int8, names)) if int8 else '-'} | {fp32['layer_speedup']:.2f}x | "
+        f"{pair(fp32['wall_speedup'], int8 and int8['wall_speedup'], _x)} | "
+        f"{pair(fp32.get('vs_ort'), int8 and int8.get('vs_ort'), _x)} |",
+    ]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     mi = report["machine"]
+    variants = report.get("variants", {})
     lines = [f"# nanotrt bench: {report['task']}", "",
              f"Exit policy `{report['exit']}`, memory budget `{report['budget']}`, {report['layers']} layers, "
              f"batch size 1 unless the row says otherwise. {report['date']}.", "",
-             f"Machine: {mi['cpu']}, {mi['cores']} cores, Python {mi['python']}; "
+             "Runner rows run the artifact's best variant at their precision, as `nanotrt predict` does "
+             + f"(fp32: `{variants.get('fp32')}`, int8: `{variants.get('int8')}`). "
+             "\"vs ORT one graph\": throughput against the whole model as one ONNX Runtime graph at the same "
+             "precision (FP32; INT8 rows against the whole graph through ORT's `quantize_dynamic`, per-channel).",
+             "", f"Machine: {mi['cpu']}, {mi['cores']} cores, Python {mi['python']}; "
              + ", ".join(f"{k} {v}" for k, v in mi["libraries"].items()), ""]
     for name, res in report["results"].items():
-        rows = res["rows"]
-        full, fp32, int8 = rows[0], _row(rows, "5 nanotrt fp32"), _row(rows, "5 nanotrt int8")
-        ref = res.get("reference", rows[0]["row"])
-        lines += [f"## {name} ({res['metric']})", ""]
-        if fp32 is not None:
-            i8_metric = "-" if int8 is None else f"{100 * int8['metric']:.2f}"
-            i8_speed = "-" if int8 is None else f"{int8['wall_speedup']:.2f}x"
-            lines += ["| task | metric full | with exit (fp32) | with exit (int8) | layer speedup | wall-clock speedup |",
-                      "|---|---|---|---|---|---|",
-                      f"| {name} | {100 * full['metric']:.2f} | {100 * fp32['metric']:.2f} | {i8_metric} | "
-                      f"{fp32['layer_speedup']:.2f}x | {fp32['wall_speedup']:.2f}x (int8 {i8_speed}) |", ""]
-        lines += [f"Wall speedup vs row '{ref}'; 'vs one graph' is throughput over row 3 (for row 4: the cost of "
-                  "cutting the model into per-layer engines). Block-mode rows (7) walk the whole split in one "
-                  "predict call; their p50/p95 are the mean time per example.", "",
-                  "| " + " | ".join(res["metric"] if c == "metric" else c for c in COLUMNS) + " |",
-                  "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+        names = res["metrics"]
+        lines += [f"## {name} ({', '.join(names)})", "", _main_note(name, names) + ".", "",
+                  *_summary_lines(name, res), "",
+                  "| row | variant | " + " | ".join(names) + " | avg exit layer | layer speedup | wall speedup vs "
+                  "row 1 | vs ORT one graph | p50 ms | p95 ms | ex/s | peak RSS | peak engines | peak activations | load s |",
+                  "|---" * (13 + len(names)) + "|"]
+        for r in res["rows"]:
+            lines.append(f"| {r['row']} | {r.get('variant', '-')} | {' | '.join(_metrics(r, names))} | "
+                         f"{r['avg_exit_layer']:.2f} | {r['layer_speedup']:.2f} | {r['wall_speedup']:.2f} | "
+                         f"{_x(r.get('vs_ort'))} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['throughput']:.1f} | "
+                         f"{_fmt_bytes(r['peak_rss_bytes'])} | {_fmt_bytes(r.get('engine_peak_bytes'))} | "
+                         f"{_fmt_bytes(r.get('activation_peak_bytes'))} | {r.get('load_s', 0):.2f} |")
         if res.get("skipped"):
             lines += ["", "Skipped (the artifact lacks what they need):", ""]
             lines += [f"- {sk['row']}: {sk['enable']}" for sk in res["skipped"]]
+        lines += ["", "Rows 7 walk the whole split in one `predict(mode=\"block\")` call (layer-major under the "
+                  "budget); their p50/p95 are the mean time per example."]
         for variant, pts in res["sweeps"].items():
-            lines += ["", f"Sweep ({variant}): | exit | metric | avg exit | wall speedup |", "|---|---|---|---|"]
-            lines += [f"| {p['exit']} | {100 * p['metric']:.2f} | {p['avg_exit_layer']:.2f} | {p['wall_speedup']:.2f} |"
-                      for p in pts]
+            lines += ["", f"Sweep ({variant}):", "", "| exit | " + " | ".join(names)
+                      + " | avg exit | wall speedup | vs ORT one graph |", "|---" * (4 + len(names)) + "|"]
+            lines += [f"| {p['exit']} | {' | '.join(_metrics(p, names))} | {p['avg_exit_layer']:.2f} | "
+                      f"{p['wall_speedup']:.2f} | {_x(p.get('vs_ort'))} |" for p in pts]
         lines.append("")
     return "\n".join(lines)
 
@@ -236,7 +310,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, res in report["results"].items():
-        full = res["rows"][0]
+        full = row(res["rows"], "torch-full") or res["rows"][0]
         ax.axhline(100 * full["metric"], ls="--", lw=0.8, color="gray")
         for variant, pts in res["sweeps"].items():
             for fam in ("patience", "entropy"):

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from nanotrt.pipeline.model import OffRampModel, load_model, save_checkpoint
+from nanotrt.pipeline.glue import label_names
+from nanotrt.pipeline.model import OffRampModel, check_max_length, load_model, load_tokenizer, save_checkpoint
 from nanotrt.runtime.artifact import Manifest, Schedule, new_manifest
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import atomic_dir
@@ -145,20 +146,13 @@ def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 1
                  model: OffRampModel | None = None, check: bool = True,
                  include_checkpoint: bool = True, whole: bool = False) -> Manifest:
     """Export ``model_dir`` (HF dir or nanotrt checkpoint) to the artifact ``out_dir`` atomically."""
-    from transformers import AutoTokenizer
-
     model_dir = Path(model_dir)
     if model is None:
         model = load_model(model_dir)
     model.eval()
     adapter, cfg = model.adapter, model.config
-    try:
-        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, use_fast=True)
-    except Exception as e:  # noqa: BLE001
-        raise NanotrtError(f"cannot load the tokenizer from '{model_dir}' ({str(e).splitlines()[0]}): "
-                           "copy the tokenizer files next to config.json") from None
-    if not getattr(tok, "is_fast", False):
-        raise NanotrtError(f"the tokenizer in '{model_dir}' has no fast (tokenizers) version to convert")
+    check_max_length(cfg, max_length)
+    tok = load_tokenizer(model_dir, int(cfg.vocab_size))
 
     n = model.num_layers
     groups = [adapter.layer_graph_index(cfg, i) for i in range(n)]
@@ -181,7 +175,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 1
 
         manifest = new_manifest(
             tmp, family=cfg.model_type, num_layers=n, hidden_size=adapter.hidden_size(cfg),
-            task=model.cfg.task, task_type=model.cfg.task_type, labels=model.cfg.labels,
+            task=model.cfg.task, task_type=model.cfg.task_type, labels=label_names(model.cfg.task, model.cfg.labels),
             ramp=asdict(model.cfg), config=cfg.to_dict(),
             tokenizer={"file": "tokenizer/tokenizer.json", "max_length": max_length, "pad_id": int(pad_id),
                        "pad_token": str(tok.pad_token), "token_types": adapter.has_token_types},

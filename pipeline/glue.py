@@ -25,10 +25,16 @@ class Task:
     dir: str
     text_cols: tuple[str | int, ...]  # header names, or indices for headerless files
     label_col: str | int
-    labels: tuple[str, ...]  # () for regression
-    metrics: tuple[str, ...]
+    labels: tuple[str, ...]  # the label values in the file, in class-id order; () for regression
+    metrics: tuple[str, ...]  # GLUE's, in the leaderboard's order: the first one is the task's main metric
     header: bool = True
     files: dict[str, str] = field(default_factory=lambda: {"train": "train.tsv", "dev": "dev.tsv"})
+    names: tuple[str, ...] = ()  # human label names per class id, where the file's values are numbers
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """What a model trained on this task calls its classes (``score`` for regression)."""
+        return self.names or self.labels or ("score",)
 
     @property
     def num_labels(self) -> int:
@@ -46,20 +52,33 @@ class Task:
 _NLI3 = ("contradiction", "entailment", "neutral")
 _ENT2 = ("entailment", "not_entailment")
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("cola", "CoLA", (3,), 1, ("0", "1"), ("mcc",), header=False),
-    Task("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",)),
-    Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("accuracy", "f1")),
+    Task("cola", "CoLA", (3,), 1, ("0", "1"), ("mcc",), header=False, names=("unacceptable", "acceptable")),
+    Task("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",), names=("negative", "positive")),
+    Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("f1", "accuracy"),
+         names=("not_equivalent", "equivalent")),
     Task("stsb", "STS-B", ("sentence1", "sentence2"), "score", (), ("pearson", "spearman")),
-    Task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("accuracy", "f1")),
+    Task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("f1", "accuracy"),
+         names=("not_duplicate", "duplicate")),
     Task("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", _NLI3, ("accuracy",),
          files={"train": "train.tsv", "dev": "dev_matched.tsv"}),
     Task("mnli-mm", "MNLI", ("sentence1", "sentence2"), "gold_label", _NLI3, ("accuracy",),
          files={"train": "train.tsv", "dev": "dev_mismatched.tsv"}),
     Task("qnli", "QNLI", ("question", "sentence"), "label", _ENT2, ("accuracy",)),
     Task("rte", "RTE", ("sentence1", "sentence2"), "label", _ENT2, ("accuracy",)),
-    Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",)),
+    Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",),
+         names=("not_entailment", "entailment")),
 ]}
 ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli_mm": "mnli-mm", "mnli-mismatched": "mnli-mm"}
+
+
+def label_names(task: str | None, labels: list[str]) -> list[str]:
+    """The label names to publish for a checkpoint trained on ``task``: the task's names where the
+    checkpoint still carries the file's raw values (checkpoints trained before names existed), else its
+    own (a user's HF checkpoint keeps its ``id2label``)."""
+    t = TASKS.get(ALIASES.get((task or "").lower(), (task or "").lower()))
+    if t is not None and tuple(labels) == (t.labels or ("score",)):
+        return list(t.label_names)
+    return list(labels)
 
 
 def get_task(name: str) -> Task:
@@ -114,7 +133,31 @@ def task_file(task: Task, split: str, data_dir: str | Path | None = None) -> Pat
 def read_split(task: Task | str, split: str = "dev", data_dir: str | Path | None = None,
                limit: int | None = None) -> Split:
     task = get_task(task) if isinstance(task, str) else task
+    if limit is not None and limit < 1:
+        raise NanotrtError(f"asked for {limit} {task.name} examples: use a positive number (or none for all)")
     path = task_file(task, split, data_dir)
+    try:
+        return _read_rows(task, path, limit)
+    except UnicodeDecodeError as e:
+        raise NanotrtError(f"{path} is not UTF-8 (byte 0x{e.object[e.start]:02x}): re-download the GLUE "
+                           f"{task.dir}/ folder or convert the file to UTF-8") from None
+    except csv.Error as e:
+        raise NanotrtError(f"{path} is not a TSV file ({e}): re-download the GLUE {task.dir}/ folder") from None
+
+
+def _columns(task: Task, path: Path, header: list[str]) -> tuple[list[int], int]:
+    if not task.header:
+        return list(task.text_cols), int(task.label_col)  # type: ignore[arg-type]
+    try:
+        cols = [header.index(c) for c in task.text_cols]  # type: ignore[arg-type]
+        return cols, header.index(task.label_col)  # type: ignore[arg-type]
+    except ValueError:
+        raise NanotrtError(f"{path} does not have the GLUE {task.name} header (needs columns "
+                           f"{list(task.text_cols)} and '{task.label_col}', found {header[:8]}): "
+                           f"is it the {task.dir}/ file of another task?") from None
+
+
+def _read_rows(task: Task, path: Path, limit: int | None) -> Split:
     texts: list[str] = []
     pairs: list[str] = []
     labels: list[float] = []
@@ -122,17 +165,8 @@ def read_split(task: Task | str, split: str = "dev", data_dir: str | Path | None
     label_index = {lab: i for i, lab in enumerate(task.labels)}
     with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: MRPC starts with a BOM
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if task.header:
-            header = next(rows, [])
-            try:
-                cols = [header.index(c) for c in task.text_cols]  # type: ignore[arg-type]
-                lcol = header.index(task.label_col)  # type: ignore[arg-type]
-            except ValueError:
-                raise NanotrtError(f"{path} does not have the GLUE {task.name} header "
-                                   f"(needs {list(task.text_cols)} and '{task.label_col}')") from None
-        else:
-            cols, lcol = list(task.text_cols), int(task.label_col)  # type: ignore[arg-type]
-            header = []
+        header = next(rows, []) if task.header else []
+        cols, lcol = _columns(task, path, header)
         width = len(header) if task.header else max([*cols, lcol]) + 1
         for row in rows:
             if task.name.startswith("mnli") and task.header:
@@ -141,7 +175,8 @@ def read_split(task: Task | str, split: str = "dev", data_dir: str | Path | None
             else:
                 lcol_row = lcol
                 ok = len(row) == width if task.header else len(row) >= width
-            if not ok:
+            # Malformed lines and lines with an empty sentence are skipped and counted, not guessed at.
+            if not ok or any(not row[c].strip() for c in cols):
                 skipped += 1
                 continue
             raw = row[lcol_row].strip()
@@ -162,6 +197,11 @@ def read_split(task: Task | str, split: str = "dev", data_dir: str | Path | None
             labels.append(value)
             if limit is not None and len(texts) >= limit:
                 break
+    if not texts:
+        need = f"{width} tab-separated columns" + ("" if task.header else f" (text in column {cols[0] + 1}, "
+                                                                          f"label in column {lcol + 1})")
+        raise NanotrtError(f"{path} has no usable GLUE {task.name} rows ({skipped} malformed): each line needs "
+                           f"{need} and a label in {list(task.labels) or 'numbers'}")
     dtype = np.float32 if task.is_regression else np.int64
     return Split(task, texts, pairs if len(task.text_cols) > 1 else None, np.array(labels, dtype=dtype), skipped)
 

@@ -6,8 +6,10 @@ Checkpoints are safetensors + JSON (``config.json`` of the encoder, ``nanotrt.js
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -142,7 +144,54 @@ def _read_hf_config(p: Path) -> Any:
     except json.JSONDecodeError as e:
         raise NanotrtError(f"{p / 'config.json'} is not valid JSON ({e}): re-save the model") from None
     get_adapter(model_type)  # clear error for unsupported families before transformers complains
-    return AutoConfig.from_pretrained(str(p), local_files_only=True)
+    try:
+        return AutoConfig.from_pretrained(str(p), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - a config transformers cannot read -> one clear line
+        raise NanotrtError(f"cannot read {p / 'config.json'} ({_first_line(e)}): re-save the model") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:200]
+
+
+def _weights_error(p: Path, e: BaseException) -> NanotrtError:
+    return NanotrtError(f"cannot load the weights in '{p}' ({_first_line(e)}): the model files are missing or "
+                        "damaged; copy the complete model directory again (config.json + model.safetensors)")
+
+
+def check_max_length(config: Any, max_length: int) -> None:
+    """A max_length past the model's position table would crash (or wrap) on the first long input."""
+    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1  # positions start after the pad id
+    if max_length < 2 or (limit > 0 and max_length > limit):
+        raise NanotrtError(f"max_length {max_length} is out of range for this model: use 2..{limit} "
+                           "(its max_position_embeddings)")
+
+
+def load_tokenizer(model_dir: str | Path, vocab_size: int | None = None) -> Any:
+    """The model dir's fast tokenizer; refuses one with more tokens than the model has embedding rows (a
+    tokenizer from another model: ids past the table crash, ids inside it silently read the wrong rows)."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, use_fast=True)
+    except Exception as e:  # noqa: BLE001
+        raise NanotrtError(f"cannot load the tokenizer from '{model_dir}' ({_first_line(e)}): "
+                           "copy the tokenizer files next to config.json") from None
+    if not getattr(tok, "is_fast", False):
+        raise NanotrtError(f"the tokenizer in '{model_dir}' has no fast (tokenizers) version to convert")
+    # transformers builds an empty tokenizer (special tokens only) when the vocab files are absent.
+    if vocab_size is not None and len(tok) < vocab_size // 2:
+        raise NanotrtError(f"the tokenizer in '{model_dir}' has only {len(tok)} tokens for a model with vocab_size "
+                           f"{vocab_size}: its vocab files are missing or belong to another model; copy this model's "
+                           "own tokenizer files next to config.json")
+    if vocab_size is not None and len(tok) > vocab_size:
+        raise NanotrtError(f"the tokenizer in '{model_dir}' has {len(tok)} tokens but the model's vocab_size is "
+                           f"{vocab_size}: it belongs to another model; copy this model's own tokenizer files")
+    return tok
 
 
 def is_checkpoint(model_dir: str | Path) -> bool:
@@ -155,8 +204,13 @@ def load_model(
     pooling: str | None = None,
     labels: list[str] | None = None,
     task: str | None = None,
+    init_seed: int | None = 0,
 ) -> OffRampModel:
     """Load a nanotrt checkpoint, or create an off-ramp model from a local HF model dir.
+
+    Weights a plain HF dir does not have (new ramps, a missing pooler) are initialised from ``init_seed``
+    without touching the global RNG, so exporting the same dir twice gives byte-identical graphs; None uses
+    the global RNG (training seeds it itself).
 
     A ``...ForSequenceClassification`` checkpoint's classifier becomes the last ramp; its pooler (where
     the family has one) initialises the dense layer of every ramp.
@@ -164,19 +218,28 @@ def load_model(
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     p = _check_local_dir(model_dir)
+    if num_labels is not None and num_labels < 1:
+        raise NanotrtError(f"num_labels {num_labels} is out of range: use 1 (regression) or more")
     config = _read_hf_config(p)
     config._attn_implementation = "eager"  # additive masks; exports cleanly and lets ORT fuse Attention
 
     if is_checkpoint(p):
         from safetensors.torch import load_model as st_load
 
-        rcfg = RampConfig(**json.loads((p / RAMP_CONFIG).read_text()))
+        try:
+            rcfg = RampConfig(**json.loads((p / RAMP_CONFIG).read_text()))
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:  # hand-edited or damaged
+            raise NanotrtError(f"{p / RAMP_CONFIG} is not a valid nanotrt ramp config ({_first_line(e)}): "
+                               "re-create the checkpoint with `nanotrt train`") from None
         encoder = AutoModel.from_config(config, attn_implementation="eager")
         model = OffRampModel(encoder, rcfg)
+        if not (p / WEIGHTS).is_file():
+            raise NanotrtError(f"checkpoint '{p}' has no {WEIGHTS}: the checkpoint is incomplete; re-create it")
         try:
             missing, unexpected = st_load(model, str(p / WEIGHTS), strict=False)
         except Exception as e:  # noqa: BLE001 - corrupt/mismatched weights become one clear line
-            raise NanotrtError(f"cannot load {p / WEIGHTS}: {str(e).splitlines()[0]}") from None
+            raise NanotrtError(f"cannot load {p / WEIGHTS} ({_first_line(e)}): the file is damaged or from another "
+                               "model; re-create the checkpoint") from None
         # A pooler the source model never had (RoBERTa/DistilBERT heads) is unused by the ramps.
         missing = [k for k in missing if not k.startswith("encoder.pooler.")]
         if missing or unexpected:
@@ -187,41 +250,53 @@ def load_model(
     archs = getattr(config, "architectures", None) or []
     is_cls = any(a.endswith("ForSequenceClassification") for a in archs)
     kw: dict[str, Any] = {"local_files_only": True, "attn_implementation": "eager"}
-    if is_cls:
-        n = num_labels or config.num_labels
-        hf = AutoModelForSequenceClassification.from_pretrained(
-            str(p), num_labels=n, ignore_mismatched_sizes=n != config.num_labels, **kw)
-        encoder = hf.base_model
+    with _seeded(init_seed):
+        n = (num_labels or config.num_labels) if is_cls else (num_labels or 2)
+        try:
+            if is_cls:
+                hf = AutoModelForSequenceClassification.from_pretrained(
+                    str(p), num_labels=n, ignore_mismatched_sizes=n != config.num_labels, **kw)
+                encoder = hf.base_model
+            else:
+                hf = None
+                encoder = AutoModel.from_pretrained(str(p), **kw)
+        except Exception as e:  # noqa: BLE001 - missing / truncated / mismatched weights -> one clear line
+            raise _weights_error(p, e) from None
         id2label = getattr(config, "id2label", None) or {}
-        default_labels = [id2label.get(i, str(i)) for i in range(n)] if n > 1 else ["score"]
-    else:
-        n = num_labels or 2
-        hf = None
-        encoder = AutoModel.from_pretrained(str(p), **kw)
-        default_labels = []
-    adapter = get_adapter(config.model_type)
-    head: Any = adapter.classifier_head(hf) if hf is not None else None
-    rcfg = RampConfig(
-        num_labels=n,
-        pooling=pooling or default_pooling(p),
-        activation=head.activation if head else ("relu" if adapter.model_type == "distilbert" else "tanh"),
-        labels=labels or default_labels,
-        task=task,
-    )
-    model = OffRampModel(encoder, rcfg)
-    pooler: Any = adapter.pooler_dense(encoder)
-    with torch.no_grad():
-        for ramp in model.ramps:
-            ramp = cast(Ramp, ramp)
-            if pooler is not None:  # a pretrained pooler is a better start than random init
-                ramp.dense.load_state_dict(pooler.state_dict())
-        if head is not None:
-            last: Any = model.ramps[-1]
-            if head.dense is not None:
-                last.dense.load_state_dict(head.dense.state_dict())
-            if head.out.out_features == n:
-                last.out.load_state_dict(head.out.state_dict())
+        default_labels = ([id2label.get(i, str(i)) for i in range(n)] if n > 1 else ["score"]) if is_cls else []
+        adapter = get_adapter(config.model_type)
+        head: Any = adapter.classifier_head(hf) if hf is not None else None
+        rcfg = RampConfig(
+            num_labels=n,
+            pooling=pooling or default_pooling(p),
+            activation=head.activation if head else ("relu" if adapter.model_type == "distilbert" else "tanh"),
+            labels=labels or default_labels,
+            task=task,
+        )
+        model = OffRampModel(encoder, rcfg)
+        pooler: Any = adapter.pooler_dense(encoder)
+        with torch.no_grad():
+            for ramp in model.ramps:
+                ramp = cast(Ramp, ramp)
+                if pooler is not None:  # a pretrained pooler is a better start than random init
+                    ramp.dense.load_state_dict(pooler.state_dict())
+            if head is not None:
+                last: Any = model.ramps[-1]
+                if head.dense is not None:
+                    last.dense.load_state_dict(head.dense.state_dict())
+                if head.out.out_features == n:
+                    last.out.load_state_dict(head.out.state_dict())
     return model.eval()
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def default_pooling(model_dir: Path) -> str:

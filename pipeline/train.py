@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from nanotrt.pipeline.glue import Split, Task, compute_metrics, get_task, predictions_from_logits, read_split
-from nanotrt.pipeline.model import OffRampModel, load_model, save_checkpoint
+from nanotrt.pipeline.model import OffRampModel, check_max_length, load_model, load_tokenizer, save_checkpoint
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.progress import console, progress
 from torch import nn
@@ -143,8 +143,6 @@ def _run_stage(model: OffRampModel, data: Encoded, task: Task, cfg: TrainConfig,
 
 def train(model_dir: str | Path, out_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
     """Train off-ramps; write the checkpoint and ``ramp_metrics.json`` atomically to ``out_dir``."""
-    from transformers import AutoTokenizer
-
     if cfg.method not in METHODS:
         raise NanotrtError(f"unknown method '{cfg.method}': use pabee or deebert")
     if cfg.grad_accum < 1 or cfg.batch_size < 1 or cfg.epochs <= 0:
@@ -156,12 +154,14 @@ def train(model_dir: str | Path, out_dir: str | Path, cfg: TrainConfig) -> dict[
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
     model = load_model(model_dir, num_labels=task.num_labels, pooling=cfg.pooling,
-                       labels=list(task.labels) or ["score"], task=task.name)
+                       labels=list(task.label_names), task=task.name, init_seed=None)
     if model.cfg.num_labels != task.num_labels:
         raise NanotrtError(f"'{model_dir}' has {model.cfg.num_labels} labels but {task.name} needs {task.num_labels}")
     model.cfg.max_length = cfg.max_length
     model.cfg.task = task.name
-    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    model.cfg.labels = list(task.label_names)  # also when continuing from a nanotrt checkpoint
+    check_max_length(model.config, cfg.max_length)
+    tok = load_tokenizer(model_dir, int(model.config.vocab_size))
     tr, dev = Encoded(tok, train_split, cfg.max_length), Encoded(tok, dev_split, cfg.max_length)
     console.print(f"{task.name}: {len(tr)} train / {len(dev)} dev examples"
                   f" (skipped malformed: {train_split.skipped} / {dev_split.skipped}); method {cfg.method}")
@@ -183,7 +183,7 @@ def train(model_dir: str | Path, out_dir: str | Path, cfg: TrainConfig) -> dict[
             p.requires_grad_(True)
     train_s = time.perf_counter() - t0
     metrics = evaluate_ramps(model, dev, task)
-    report = {"task": task.name, "metric": task.main_metric, "train_examples": len(tr), "dev_examples": len(dev),
+    report = {"task": task.name, "metric": task.main_metric, "metrics": list(task.metrics), "train_examples": len(tr), "dev_examples": len(dev),
               "train_seconds": round(train_s, 1), "config": asdict(cfg),
               "ramps": [{"layer": i + 1, **m} for i, m in enumerate(metrics)],
               "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}
@@ -196,10 +196,12 @@ def print_ramp_table(report: dict[str, Any]) -> None:
     from nanotrt.runtime.progress import table_console
     from rich.table import Table
 
-    table = Table(title=f"{report['task']} dev, per ramp ({report['train_seconds']} s training)")
-    keys = [k for k in report["ramps"][0] if k != "layer"]
+    main = report["metric"]
+    keys = [main, *(k for k in report["ramps"][0] if k not in ("layer", main))]
+    note = f"; {main} is GLUE's main metric for {report['task']}" if len(keys) > 1 else ""
+    table = Table(title=f"{report['task']} dev, per ramp ({report['train_seconds']} s training{note})")
     for col in ("layer", *keys):
-        table.add_column(col)
+        table.add_column(f"{col} (main)" if col == main and len(keys) > 1 else col)
     for row in report["ramps"]:
         table.add_row(str(row["layer"]), *(f"{100 * row[k]:.2f}" for k in keys))
     table_console.print(table)

@@ -27,6 +27,22 @@ FORMAT = "nanotrt-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
+# Which variant runs when none is named: per (backend, precision), the first of these the artifact has.
+# Built before exported: `nanotrt build` optimizes offline and stores weights as external data, so a
+# layer loads several times faster per swap (benchmarks/results/streaming_memory.md). For INT8 the
+# static QDQ build (calibrated, graphs over the error tolerance kept in FP32) before ORT dynamic.
+# Precision is never changed silently: a precision the artifact lacks is an error naming the build.
+VARIANT_PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
+    ("onnxruntime", "fp32"): ("ort-fp32-fused", "ort-fp32", "fp32"),  # fused: one call per layer, same logits
+    ("onnxruntime", "fp16"): ("ort-fp16",),
+    ("onnxruntime", "int8"): ("ort-int8-fused", "ort-int8", "ort-int8-dynamic"),
+    ("tensorrt", "fp32"): ("trt-fp32",),
+    ("tensorrt", "fp16"): ("trt-fp16",),
+    ("tensorrt", "int8"): ("trt-int8",),
+    ("torch", "fp32"): ("fp32",),  # the eager reference runs the checkpoint; the schedule only names roles
+}
+_BUILD_FLAGS = {"fp32": "", "fp16": " --fp16", "int8": " --int8 --calib-task TASK"}
+
 
 @dataclass
 class Schedule:
@@ -54,16 +70,19 @@ class Manifest:
         if not path.is_file():
             raise NanotrtError(f"'{root}' has no {MANIFEST}: it is not a nanotrt artifact (run `nanotrt export`)")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise NanotrtError(f"{path} is not valid JSON ({e}): re-run `nanotrt export`") from None
-        if data.get("format") != FORMAT:
+        except OSError as e:
+            raise NanotrtError(f"cannot read {path} ({e.strerror}): check its permissions") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise NanotrtError(f"{path} is not a nanotrt manifest: re-run `nanotrt export`")
         if data.get("format_version") != FORMAT_VERSION:
             raise NanotrtError(
                 f"{path} has format version {data.get('format_version')}, this nanotrt reads version "
                 f"{FORMAT_VERSION}: re-export the model with this version of nanotrt"
             )
+        validate(data, path)
         return cls(root, data)
 
     @property
@@ -88,7 +107,11 @@ class Manifest:
 
     @property
     def tokenizer(self) -> dict[str, Any]:
-        return dict(self.data["tokenizer"])
+        info = dict(self.data["tokenizer"])
+        lookup = self.data.get("lookup")
+        if "vocab_size" not in info and lookup in self.graphs and "shape" in self.graphs[lookup]:
+            info["vocab_size"] = int(self.graphs[lookup]["shape"][0])  # rows of the word-embedding table
+        return info
 
     @property
     def graphs(self) -> dict[str, dict[str, Any]]:
@@ -107,6 +130,27 @@ class Manifest:
             )
         return Schedule(v["embeddings"], list(v["layers"]), list(v["ramps"]))
 
+    def variant_choices(self, precision: str = "fp32", backend: str = "onnxruntime") -> list[str]:
+        """The variants of this artifact that run ``precision`` on ``backend``, best first
+        (``VARIANT_PREFERENCE``)."""
+        known = {p for _, p in VARIANT_PREFERENCE}
+        if precision not in known:
+            raise NanotrtError(f"unknown precision '{precision}': use one of {', '.join(sorted(known))}")
+        if (backend, precision) not in VARIANT_PREFERENCE:
+            raise NanotrtError(f"backend '{backend}' does not run {precision}: pick another precision or "
+                               "name a variant (--variant)")
+        return [v for v in VARIANT_PREFERENCE[backend, precision] if v in self.data["variants"]]
+
+    def best_variant(self, precision: str = "fp32", backend: str = "onnxruntime") -> str:
+        """The variant a runner uses when none is named: the best of ``variant_choices``."""
+        choices = self.variant_choices(precision, backend)
+        if not choices:
+            wanted = " or ".join(VARIANT_PREFERENCE[backend, precision])
+            flags = (" --backend tensorrt" if backend == "tensorrt" else "") + _BUILD_FLAGS[precision]
+            raise NanotrtError(f"artifact '{self.root}' has no {precision} variant for {backend} (wanted {wanted}; "
+                               f"it has: {', '.join(self.variants)}): build it with `nanotrt build {self.root}{flags}`")
+        return choices[0]
+
     def path(self, name: str) -> Path:
         return self.root / self.graphs[name]["file"]
 
@@ -119,13 +163,17 @@ class Manifest:
         if "data" in entry:
             parts.append((self.root / entry["data"]["file"], entry["data"]["bytes"], entry["data"]["sha256"]))
         for f, size, sha in parts:
-            if not f.is_file():
-                raise NanotrtError(f"graph file {f} listed in the manifest is missing: re-run `nanotrt export`")
-            st = f.stat()
-            stamp = (st.st_size, st.st_mtime_ns)
-            if self._verified.get(str(f)) == stamp:  # hashing 28 MB per swap would cost more than the load
-                continue
-            if st.st_size != size or sha256_file(f) != sha:
+            try:
+                st = f.stat()
+                stamp = (st.st_size, st.st_mtime_ns)
+                if self._verified.get(str(f)) == stamp:  # hashing 28 MB per swap would cost more than the load
+                    continue
+                ok = st.st_size == size and sha256_file(f) == sha
+            except OSError:  # missing, or deleted / unreadable between the checks
+                self._verified.pop(str(f), None)
+                raise NanotrtError(f"graph file {f} listed in the manifest is missing or unreadable: "
+                                   "re-run `nanotrt export` / `nanotrt build`") from None
+            if not ok:
                 self._verified.pop(str(f), None)
                 raise NanotrtError(
                     f"graph file {f} does not match its sha256 in the manifest (corrupted or modified): "
@@ -154,6 +202,78 @@ class Manifest:
 
     def save(self, root: Path | None = None) -> None:
         write_json(Path(root or self.root) / MANIFEST, self.data)
+
+
+# --- validation of a loaded (possibly hand-edited) manifest -----------------------------------
+_TOP: dict[str, type | tuple[type, ...]] = {
+    "family": str, "num_layers": int, "labels": list, "task_type": str, "tokenizer": dict, "graphs": dict,
+    "variants": dict,
+}
+_TOKENIZER: dict[str, type | tuple[type, ...]] = {"file": str, "max_length": int, "pad_id": int, "pad_token": str}
+_GRAPH: dict[str, type | tuple[type, ...]] = {"file": str, "sha256": str, "bytes": int}
+_SCHEDULE: dict[str, type | tuple[type, ...]] = {"embeddings": str, "layers": list, "ramps": list}
+TASK_TYPES = ("classification", "regression")
+
+
+def _need(obj: dict[str, Any], keys: dict[str, type | tuple[type, ...]], where: str) -> None:
+    for key, typ in keys.items():
+        if key not in obj:
+            raise ValueError(f"{where}{key} is missing")
+        value = obj[key]
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+            raise ValueError(f"{where}{key} should be {names}, not {type(value).__name__} {json.dumps(value)[:40]}")
+
+
+def _check(data: dict[str, Any]) -> None:
+    _need(data, _TOP, "")
+    n = data["num_layers"]
+    if n < 1:
+        raise ValueError(f"num_layers is {n}, must be >= 1")
+    if data["task_type"] not in TASK_TYPES:
+        raise ValueError(f"task_type '{data['task_type']}' is not one of {', '.join(TASK_TYPES)}")
+    labels = data["labels"]
+    if not labels or not all(isinstance(x, str) for x in labels):
+        raise ValueError("labels should be a non-empty list of strings")
+    _need(data["tokenizer"], _TOKENIZER, "tokenizer.")
+    if data["tokenizer"]["max_length"] < 2:
+        raise ValueError(f"tokenizer.max_length is {data['tokenizer']['max_length']}, must be >= 2")
+    graphs = data["graphs"]
+    for name, entry in graphs.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"graphs.{name} should be an object")
+        _need(entry, _GRAPH, f"graphs.{name}.")
+        if "data" in entry:
+            if not isinstance(entry["data"], dict):
+                raise ValueError(f"graphs.{name}.data should be an object")
+            _need(entry["data"], _GRAPH, f"graphs.{name}.data.")
+    if not data["variants"]:
+        raise ValueError("variants is empty")
+    for variant, sched in data["variants"].items():
+        if not isinstance(sched, dict):
+            raise ValueError(f"variants.{variant} should be an object")
+        _need(sched, _SCHEDULE, f"variants.{variant}.")
+        for part in ("layers", "ramps"):
+            if len(sched[part]) != n:
+                raise ValueError(f"variants.{variant}.{part} lists {len(sched[part])} graphs, num_layers is {n}")
+        for ref in [sched["embeddings"], *sched["layers"], *sched["ramps"]]:
+            if not isinstance(ref, str) or ref not in graphs:
+                raise ValueError(f"variants.{variant} names graph {json.dumps(ref)}, which is not in graphs")
+    lookup = data.get("lookup")
+    if lookup is not None and lookup not in graphs:
+        raise ValueError(f"lookup names graph {json.dumps(lookup)}, which is not in graphs")
+
+
+def validate(data: Any, path: Path) -> None:
+    """Check the structure of a manifest (keys, types, every variant's graphs exist) so a hand-edited or
+    damaged file fails here with one line naming the key, not later with a KeyError deep in a run."""
+    try:
+        if not isinstance(data, dict):
+            raise ValueError("the top level should be a JSON object")
+        _check(data)
+    except ValueError as e:
+        raise NanotrtError(f"{path} is not a valid nanotrt manifest: {e}; restore it or re-run `nanotrt export`"
+                           ) from None
 
 
 def new_manifest(root: Path, **fields: Any) -> Manifest:

@@ -13,13 +13,15 @@ Device-side: imports numpy, tokenizers and the chosen backend only (no torch, no
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from nanotrt.runtime.artifact import Manifest
@@ -54,6 +56,7 @@ class RunStats:
     mode: str = "latency"  # the schedule predict() used: latency or block
     blocks: int = 0  # blocks (latency mode: micro-batches) walked
     max_block: int = 0  # most examples walked together
+    variant: str = ""  # the manifest variant that ran
 
     @property
     def avg_exit_layer(self) -> float:
@@ -143,13 +146,31 @@ class _Batch:
         return (len(self.active), ids.shape[1] if self.mask is None else self.mask.shape[1])
 
 
+# --- thread safety (issue 14) ------------------------------------------------------------------
+# A Runner is NOT safe to drive from several threads at once: one residency-cache cursor, one walk.
+# Instead of failing, its public calls are serialized: concurrent callers wait on a per-runner lock
+# (re-entrant: predict calls run_encoded), so results equal a serial run and the budget holds.
+# For parallel throughput, use one Runner per thread (each with its own budget).
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serialized(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        lock = self.__dict__.setdefault("_call_lock", threading.RLock())  # dict.setdefault is atomic
+        with lock:
+            return fn(self, *args, **kwargs)
+    return call  # type: ignore[return-value]
+# --- end thread safety ---------------------------------------------------------------------------
+
+
 class Runner:
     def __init__(self, manifest: Manifest, backend: Backend, memory_budget: str | int | None = "all",
                  exit: str | ExitPolicy | None = "none", variant: str | None = None, prefetch: bool = True,
                  precision: str = "fp32"):
         self.manifest = manifest
         self.backend = backend
-        self.variant = variant or backend.variant_for(precision)
+        self.variant = variant or manifest.best_variant(precision, backend.name)  # rule: artifact.VARIANT_PREFERENCE
         self.schedule = manifest.schedule(self.variant)
         self.policy = parse_exit(exit, manifest.task_type)
         self.tokenizer = Tokenizer.from_manifest(manifest.root, manifest.tokenizer)
@@ -287,6 +308,7 @@ class Runner:
         return (np.zeros((n, labels), dtype=np.float32), np.zeros(n, dtype=np.int64),
                 np.full((n, layers, labels), np.nan, dtype=np.float32))
 
+    @_serialized
     def run_encoded(self, enc: dict[str, np.ndarray],
                     stats: RunStats | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run one tokenized batch. Returns logits of each sample's exit ramp [B, L], its exit layer [B]
@@ -347,6 +369,7 @@ class Runner:
             return "block" if self.streaming and n > batch_size else "latency"
         return mode
 
+    @_serialized
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 1,
                 mode: str = "auto", block_size: int | None = None) -> Result:
         """Classify ``texts`` (with ``pairs``) in micro-batches of ``batch_size``. ``mode``: ``latency``
@@ -374,6 +397,7 @@ class Runner:
         stats.wall_s = time.perf_counter() - t0
         stats.samples = len(texts)
         stats.cache = self.cache.stats.as_dict()
+        stats.variant = self.variant
         return Result(self.to_predictions(*out), *out, stats)
 
     def to_predictions(self, logits: np.ndarray, layers: np.ndarray, ramps: np.ndarray) -> list[Prediction]:
@@ -391,6 +415,7 @@ class Runner:
                                         [int(x) for x in ran.argmax(-1)]))
         return preds
 
+    @_serialized
     def close(self) -> None:
         self.cache.close()
         self.backend.close()

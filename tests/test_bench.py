@@ -6,8 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import onnx
 import pytest
 from nanotrt.pipeline.benchreport import run_bench
+from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.errors import NanotrtError
 
 FIX = Path(__file__).parent / "fixtures" / "glue"
@@ -27,23 +29,53 @@ def bench_art(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     return art
 
 
+def test_whole_graph_int8_baseline_is_built(bench_art: Path) -> None:
+    """`build --int8` also puts the one graph through ORT's quantize_dynamic (per-channel), atomically and
+    once; its error against the FP32 one graph is recorded."""
+    from nanotrt.pipeline.build import WHOLE_INT8, build
+
+    m = Manifest.load(bench_art)
+    entry = m.graphs[WHOLE_INT8]
+    assert entry["precision"] == "int8" and entry["options"]["per_channel"] and entry["rel_error"] < 0.15
+    m.verify(WHOLE_INT8)
+    ops = {n.op_type for n in onnx.load(str(m.path(WHOLE_INT8))).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    before = (bench_art / "manifest.json").read_text()
+    build(bench_art, int8=True, calib_task="cola", calib_size=16, data_dir=FIX)
+    assert (bench_art / "manifest.json").read_text() == before  # cached
+
+
 def test_bench_rows_and_report(bench_art: Path, tmp_path: Path) -> None:
-    rep = run_bench("cola", bench_art, exit="patience=1", budget="1layer", out=tmp_path, limit=12,
-                    data_dir=str(FIX), sweep=True)
-    res = rep["results"]["cola"]
-    names = [r["row"] for r in res["rows"]]
-    assert names[0].startswith("1 torch") and any("int8" in n for n in names)
-    full = {r["row"][:1]: r for r in res["rows"]}
-    # rows 1, 3 and 4 compute the same full-depth model on the same inputs: same metric
-    assert full["1"]["metric"] == pytest.approx(full["3"]["metric"]) == pytest.approx(full["4"]["metric"])
+    # QQP: a task GLUE scores with two metrics (F1 first, then accuracy)
+    rep = run_bench("qqp", bench_art, exit="patience=1", budget="1layer", out=tmp_path, data_dir=str(FIX), sweep=True)
+    res = rep["results"]["qqp"]
+    rows = {r["key"]: r for r in res["rows"]}
+    assert res["metrics"] == ["f1", "accuracy"] and res["metric"] == "f1"
+    assert all(set(r["metrics"]) == {"f1", "accuracy"} for r in res["rows"])
+    # the same full-depth FP32 model on the same inputs: same metrics
+    for key in ("ort-whole", "full"):
+        assert rows[key]["metrics"] == pytest.approx(rows["torch-full"]["metrics"])
     # the torch reference loop and the runner make the same exit decisions
-    exit_rows = [r for r in res["rows"] if "patience=1" in r["row"] and "int8" not in r["row"]]
-    assert exit_rows[0]["avg_exit_layer"] == pytest.approx(exit_rows[1]["avg_exit_layer"])
-    assert not any(r["torch_imported"] for r in res["rows"] if r["row"][0] in "345")
+    assert rows["torch-exit"]["avg_exit_layer"] == pytest.approx(rows["exit-fp32"]["avg_exit_layer"])
+    assert not any(r["torch_imported"] for k, r in rows.items() if not k.startswith("torch"))
+    # runner rows run the best variant, as predict does; INT8 rows are held to the dynamic-INT8 one graph
+    assert rows["full"]["variant"] == rows["exit-fp32"]["variant"] == "ort-fp32"
+    assert rows["exit-int8"]["variant"] == "ort-int8" and rows["ort-whole-int8"]["precision"] == "int8"
+    assert rows["exit-int8"]["vs_ort"] == pytest.approx(rows["exit-int8"]["throughput"]
+                                                        / rows["ort-whole-int8"]["throughput"])
+    assert rows["exit-fp32"]["vs_ort"] == pytest.approx(rows["exit-fp32"]["throughput"] / rows["ort-whole"]["throughput"])
     assert res["sweeps"]["ort-fp32"] and res["sweeps"]["ort-int8"]
+    assert all(p["vs_ort"] is not None for pts in res["sweeps"].values() for p in pts)
     for ext in ("json", "md", "png"):
-        assert (tmp_path / f"bench-cola.{ext}").is_file()
-    assert json.loads((tmp_path / "bench-cola.json").read_text())["machine"]["cores"]
+        assert (tmp_path / f"bench-qqp.{ext}").is_file()
+    saved = json.loads((tmp_path / "bench-qqp.json").read_text())
+    assert saved["machine"]["cores"] and saved["results"]["qqp"]["metrics"] == ["f1", "accuracy"]
+    md = (tmp_path / "bench-qqp.md").read_text()
+    assert "exit-vs-full comparisons use f1" in md and "ORT one graph, dynamic INT8" in md
+    lines = md.splitlines()
+    headers = [line for i, line in enumerate(lines[:-1]) if lines[i + 1].startswith("|---")]
+    assert all(line.startswith("|") and line.count("|") == lines[lines.index(line) + 1].count("|") for line in headers)
+    assert sum("| f1 | accuracy |" in line for line in headers) == 3  # rows table + 2 sweeps
 
 
 def test_bench_errors(bench_art: Path, tmp_path: Path) -> None:
@@ -62,8 +94,45 @@ def test_bench_errors(bench_art: Path, tmp_path: Path) -> None:
     (art / "manifest.json").write_text(json.dumps(man))
     rep = run_bench("cola", art, data_dir=str(FIX), limit=6, out=tmp_path)  # runs what it can, lists the rest
     res = rep["results"]["cola"]
-    assert [r["row"][0] for r in res["rows"]] == ["4", "5", "5", "6", "7", "7"]
-    assert res["reference"].startswith("4 nanotrt full")
-    skipped = {s["row"][0]: s["enable"] for s in res["skipped"]}
-    assert "--whole" in skipped["3"] and "--torch-reference" in skipped["1"] and "--fused" in skipped["4"]
+    assert [r["key"] for r in res["rows"]] == ["full", "exit-fp32", "exit-int8", "stream", "stream-block", "block-all"]
+    skipped = {s["row"]: s["enable"] for s in res["skipped"]}
+    assert "--whole" in skipped["3 ORT one graph"] and "--torch-reference" in skipped["1 torch eager, full"]
     assert "Skipped" in (tmp_path / "bench-cola.md").read_text()
+    shutil.rmtree(art)
+    shutil.copytree(bench_art, art)  # built by an older nanotrt: INT8 variants but no INT8 one graph
+    man = json.loads((art / "manifest.json").read_text())
+    del man["graphs"]["whole-int8-dynamic"]
+    (art / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(NanotrtError, match="INT8 one-graph baseline: run `nanotrt build .* --int8"):
+        run_bench("cola", art, data_dir=str(FIX))
+
+
+def test_bench_rows_follow_the_artifacts_variants() -> None:
+    from nanotrt.pipeline.benchreport import bench_rows
+
+    base = {"artifact": "art", "task": "cola"}
+    keys = [r.key for r in bench_rows("patience=3", "all", 1, [], base)]
+    assert keys == ["torch-full", "torch-exit", "ort-whole", "full", "exit-fp32", "stream"]
+    rows = bench_rows("patience=3", "all", 8, ["ort-int8", "ort-int8-dynamic"], base)
+    assert [r.key for r in rows] == ["torch-full", "torch-exit", "ort-whole", "ort-whole-int8", "full", "exit-fp32",
+                                     "exit-int8", "exit-int8-dynamic", "stream", "b-torch-full", "b-full", "b-exit-fp32"]
+    by_key = {r.key: r for r in rows}
+    assert by_key["exit-int8"].precision == "int8" and by_key["exit-int8"].variant is None  # the runner's rule
+    assert by_key["ort-whole-int8"].graph == "whole-int8-dynamic"
+
+
+def test_cached_demo_artifact_gains_what_is_missing(bench_art: Path, tmp_path: Path) -> None:
+    """An artifact cached by an older nanotrt (file label values, no dynamic INT8) is completed in place,
+    not re-trained or re-exported."""
+    from nanotrt.pipeline.benchreport import prepare_default
+
+    art = tmp_path / "artifact"
+    shutil.copytree(bench_art, art)
+    man = json.loads((art / "manifest.json").read_text())
+    man["labels"] = ["0", "1"]
+    (art / "manifest.json").write_text(json.dumps(man))
+    assert prepare_default("cola", str(FIX), root=tmp_path) == art
+    m = Manifest.load(art)
+    assert m.labels == ["unacceptable", "acceptable"] and "ort-int8-dynamic" in m.variants
+    assert m.graphs["whole"] == man["graphs"]["whole"]  # not re-exported
+    assert all(e == e for e in m.data["variants"]["ort-int8-dynamic"]["rel_error"].values())  # measured, not NaN

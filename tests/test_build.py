@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,48 @@ def test_precision_selects_variant(built: Path) -> None:
     with Runner.from_artifact(built, precision="int8") as r:
         assert r.variant == "ort-int8"
         assert all(r.manifest.graphs[n]["precision"] in ("int8", "fp32") for n in r.schedule.names())
+
+
+def test_default_runner_uses_the_best_variant(built: Path, artifacts: dict[str, Path]) -> None:
+    """Built before exported, at the requested precision; ``variant`` overrides; stats name what ran."""
+    with Runner.from_artifact(artifacts["bert"]) as r:  # exported only
+        assert r.variant == "fp32" and r.predict(["a text"]).stats.variant == "fp32"
+    with Runner.from_artifact(built, memory_budget="2layers") as r:
+        assert r.variant == "ort-fp32" and r.predict(["a text"]).stats.variant == "ort-fp32"
+    with Runner.from_artifact(built, precision="fp16") as r:
+        assert r.variant == "ort-fp16"
+    with Runner.from_artifact(built, variant="fp32") as r:
+        assert r.variant == "fp32" and r.predict(["a text"]).stats.variant == "fp32"
+    with pytest.raises(NanotrtError, match=r"no int8 variant for onnxruntime.*nanotrt build .* --int8"):
+        Runner.from_artifact(artifacts["bert"], precision="int8")
+    with pytest.raises(NanotrtError, match="unknown precision 'int4'"):
+        Runner.from_artifact(built, precision="int4")
+
+
+def test_variant_preference_rule(built: Path) -> None:
+    m = Manifest.load(built)
+    assert m.variant_choices("int8") == ["ort-int8", "ort-int8-dynamic"]  # static (calibrated) first
+    assert m.best_variant("fp32", "torch") == "fp32"  # the eager reference runs the checkpoint
+    del m.data["variants"]["ort-int8"]  # in memory only
+    assert m.best_variant("int8") == "ort-int8-dynamic"
+    with pytest.raises(NanotrtError, match="--backend tensorrt --fp16"):
+        m.best_variant("fp16", "tensorrt")
+    with pytest.raises(NanotrtError, match="backend 'torch' does not run int8"):
+        m.best_variant("int8", "torch")
+
+
+def test_cli_predict_stats_name_the_variant(built: Path) -> None:
+    def predict(*extra: str) -> tuple[str, dict[str, object]]:
+        p = subprocess.run([sys.executable, "-m", "nanotrt", "predict", str(built), "a text", "--stats", *extra],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p.stdout, json.loads(p.stderr[p.stderr.index("{"):])
+
+    out, stats = predict()
+    assert stats["variant"] == "ort-fp32"
+    assert out.split("\t")[0] in ("LABEL_0", "LABEL_1")  # the HF checkpoint's own id2label
+    assert predict("--variant", "fp32")[1]["variant"] == "fp32"
+    assert predict("--precision", "int8")[1]["variant"] == "ort-int8"
 
 
 def test_manifest_integrity_after_build(built: Path) -> None:

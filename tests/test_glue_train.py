@@ -7,7 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from nanotrt.pipeline.glue import compute_metrics, f1_score, get_task, matthews_corrcoef, read_split
+from nanotrt.pipeline.glue import (
+    TASKS,
+    compute_metrics,
+    f1_score,
+    get_task,
+    label_names,
+    matthews_corrcoef,
+    read_split,
+)
 from nanotrt.runtime.errors import NanotrtError
 
 FIX = Path(__file__).parent / "fixtures" / "glue"
@@ -48,8 +56,10 @@ def test_real_glue_files_on_this_machine() -> None:
 
 
 def test_missing_task_names_expected_files(tmp_path: Path) -> None:
-    with pytest.raises(NanotrtError, match=r"MNLI/train.tsv.*dev_matched.tsv.*dev_mismatched.tsv|dev_matched"):
+    with pytest.raises(NanotrtError) as err:
         read_split("mnli", "dev", tmp_path)
+    for name in ("train.tsv", "dev_matched.tsv", "dev_mismatched.tsv"):  # every file, each by its full path
+        assert str(tmp_path / "MNLI" / name) in str(err.value), str(err.value)
     with pytest.raises(NanotrtError, match="unknown task"):
         get_task("imagenet")
 
@@ -65,6 +75,55 @@ def test_metrics() -> None:
     assert r["pearson"] > 0.9 and r["spearman"] == pytest.approx(1.0)
 
 
+def test_two_metric_tasks_lead_with_glues_main_metric() -> None:
+    """GLUE scores MRPC and QQP by F1 and accuracy, STS-B by Pearson and Spearman; the first is the one
+    exit-vs-full comparisons use (``main_metric``)."""
+    y, p = np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1])
+    for name in ("mrpc", "qqp"):
+        assert list(compute_metrics(get_task(name), y, p)) == ["f1", "accuracy"]
+        assert get_task(name).main_metric == "f1"
+    assert get_task("stsb").metrics == ("pearson", "spearman") and get_task("cola").metrics == ("mcc",)
+
+
+def test_label_names() -> None:
+    assert get_task("cola").label_names == ("unacceptable", "acceptable")
+    assert get_task("sst2").label_names == ("negative", "positive")
+    assert get_task("mrpc").label_names == ("not_equivalent", "equivalent")
+    assert get_task("qqp").label_names == ("not_duplicate", "duplicate")
+    assert get_task("rte").label_names == get_task("qnli").label_names == ("entailment", "not_entailment")
+    # MNLI's names are the file's values, in class-id order
+    assert read_split("mnli", "train", FIX).labels.tolist() == [2, 1, 1, 0]  # neutral, entailment, entailment, ...
+    assert get_task("mnli").label_names == ("contradiction", "entailment", "neutral")
+    assert get_task("stsb").label_names == ("score",)
+    assert all(len(t.label_names) == t.num_labels for t in TASKS.values())
+    assert label_names("sst2", ["0", "1"]) == ["negative", "positive"]  # checkpoint trained before names existed
+    assert label_names("sst2", ["neg", "pos"]) == ["neg", "pos"]
+    assert label_names(None, ["LABEL_0", "LABEL_1"]) == ["LABEL_0", "LABEL_1"]  # a user's own id2label
+    assert label_names("stsb", ["score"]) == ["score"]
+
+
+def test_hf_checkpoint_keeps_its_id2label(tmp_path: Path) -> None:
+    from nanotrt.pipeline.export import export_model
+    from nanotrt.runtime.artifact import Manifest
+    from tinymodels import make_tiny
+
+    d = make_tiny("bert", tmp_path / "hf", layers=1)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["id2label"], cfg["label2id"] = {"0": "NEGATIVE", "1": "POSITIVE"}, {"NEGATIVE": 0, "POSITIVE": 1}
+    (d / "config.json").write_text(json.dumps(cfg))
+    export_model(d, tmp_path / "art", check=False)
+    assert Manifest.load(tmp_path / "art").labels == ["NEGATIVE", "POSITIVE"]
+
+
+def test_ramp_table_shows_every_metric_and_names_the_main_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from nanotrt.pipeline.train import print_ramp_table
+
+    print_ramp_table({"task": "mrpc", "metric": "f1", "train_seconds": 1.0,
+                      "ramps": [{"layer": 1, "f1": 0.812, "accuracy": 0.705}, {"layer": 2, "f1": 0.9, "accuracy": 0.8}]})
+    out = capsys.readouterr().out
+    assert "f1 (main)" in out and "accuracy" in out and "81.20" in out and "70.50" in out
+
+
 @pytest.mark.parametrize("method", ["pabee", "deebert"])
 def test_training_lowers_loss_and_round_trips(method: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     from nanotrt.pipeline.export import export_model
@@ -74,13 +133,13 @@ def test_training_lowers_loss_and_round_trips(method: str, tiny_dirs: dict[str, 
     cfg = TrainConfig(task="cola", method=method, epochs=4, batch_size=16, lr=2e-3, data_dir=str(FIX), seed=0)
     report = train(tiny_dirs["bert"], tmp_path / "ckpt", cfg)
     assert report["loss_last"] < report["loss_first"]
-    assert len(report["ramps"]) == 3 and "mcc" in report["ramps"][0]
+    assert len(report["ramps"]) == 3 and "mcc" in report["ramps"][0] and report["metrics"] == ["mcc"]
     saved = json.loads((tmp_path / "ckpt" / "ramp_metrics.json").read_text())
     assert saved["ramps"] == report["ramps"]
     art = export_model(tmp_path / "ckpt", tmp_path / "art").root  # export checks parity itself
     with Runner.from_artifact(art) as r:
-        assert r.manifest.task == "cola" and r.labels == ["0", "1"]
-        r.predict(["a sentence"])
+        assert r.manifest.task == "cola" and r.labels == ["unacceptable", "acceptable"]
+        assert r.predict(["a sentence"]).predictions[0].label in ("unacceptable", "acceptable")
 
 
 def test_same_seed_same_result(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
