@@ -157,9 +157,6 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
     if len(m.labels) != t.num_labels:
         raise NanotrtError(f"artifact '{art}' has {len(m.labels)} labels but {t.name} has {t.num_labels}: "
                            "use an artifact trained for this task")
-    if "whole" not in m.graphs or not m.data.get("checkpoint"):
-        raise NanotrtError(f"artifact '{art}' lacks the one-graph baseline or checkpoint: export it with "
-                           "`nanotrt export CKPT -o ART --whole`")
     exit = exit or DEFAULT_EXIT[m.task_type]
     int8s = m.variant_choices("int8")  # best first (the runner's rule), e.g. ort-int8, ort-int8-dynamic
     if int8s and "whole" in m.graphs and WHOLE_INT8 not in m.graphs:

@@ -121,6 +121,8 @@ def resolve_budget(text: str | int | None, manifest: Manifest, variant: str) -> 
     if isinstance(text, int):
         return text
     m = re.fullmatch(r"\s*(\d+)\s*layers?\s*", text.lower())
+    if m and int(m.group(1)) < 1:
+        raise NanotrtError(f"memory budget '{text}' holds no graph: use at least 1layer")
     if m:
         biggest = max(int(manifest.graphs[n]["bytes"]) for n in manifest.schedule(variant).names())
         seq = int(manifest.tokenizer.get("max_length", 128))
