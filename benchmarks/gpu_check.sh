@@ -1,55 +1,71 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU and TensorRT >= 10: build every graph of an artifact with TensorRT and
-# compare its outputs to ONNX Runtime (CPU) through Polygraphy. One PASS/FAIL line per graph.
+# TensorRT check for a machine with an NVIDIA GPU (x86-64 with CUDA 12/13, or a Jetson Orin on JetPack 6.1+).
 #
-#   benchmarks/gpu_check.sh ARTIFACT_DIR [fp32|fp16|int8]     (int8 needs --calib-task data: CALIB_TASK=cola)
+#   benchmarks/gpu_check.sh ARTIFACT_DIR [CALIB_TASK]      (CALIB_TASK: GLUE task for INT8, default cola)
+#   INSTALL=1 benchmarks/gpu_check.sh ...                  (pip-installs missing Python prerequisites first)
+#
+# 1. prerequisites: nvidia-smi, TensorRT 10.1-11.x Python bindings (nanotrt's own version gate), cuda-python,
+#    Polygraphy, ONNX, ONNX Runtime;
+# 2. builds TensorRT FP32, FP16 and INT8 plans into ARTIFACT_DIR through the CLI (`nanotrt build`);
+# 3. benchmarks/gpu_check.py: every plan vs ONNX Runtime on the ONNX it was parsed from (batch 1/8/32 x
+#    seq 1/16/128), the swap runtime under a 2-layer budget with prefetch on and off (bit-for-bit equal),
+#    deserialize time per plan, per-graph latency, peak device memory vs the budget;
+#    report in benchmarks/results/gpu_check.{json,md}.
+# Exits non-zero on any failure. Needs the GLUE train split of CALIB_TASK (../shared/data/glue or
+# $NANOTRT_GLUE_DIR) for INT8 calibration.
 set -uo pipefail
-ART=${1:?usage: gpu_check.sh ARTIFACT_DIR [fp32|fp16|int8]}
-PREC=${2:-fp16}
+
+ART=${1:?usage: gpu_check.sh ARTIFACT_DIR [CALIB_TASK]}
+CALIB_TASK=${2:-cola}
 PY=${PYTHON:-python3}
-case $PREC in fp32) TOL="--atol 1e-3 --rtol 1e-3";; fp16) TOL="--atol 3e-2 --rtol 3e-2";; *) TOL="--atol 0.15 --rtol 0.15";; esac
-FLAGS=""
-[ "$PREC" = fp16 ] && FLAGS="--fp16"
-[ "$PREC" = int8 ] && FLAGS="--int8 --calib-task ${CALIB_TASK:-cola}"
-
-nvidia-smi -L || { echo "FAIL no NVIDIA GPU"; exit 1; }
-$PY -c "import tensorrt as t; print('TensorRT', t.__version__)" || { echo "FAIL TensorRT not importable"; exit 1; }
-
-# 1) the nanotrt build itself (plans into the artifact)
-$PY -m pipeline build "$ART" --backend tensorrt $FLAGS || { echo "FAIL nanotrt build --backend tensorrt"; exit 1; }
-
-# 2) per graph: Polygraphy builds the same ONNX with TensorRT and compares against ONNX Runtime
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-$HERE/results}
 fails=0
-while IFS=$'\t' read -r name file shapes; do
-  if polygraphy run "$ART/$file" --trt --onnxrt $TOL $([ "$PREC" = fp16 ] && echo --fp16) \
-       --trt-min-shapes $shapes --trt-opt-shapes $shapes --trt-max-shapes $shapes --input-shapes $shapes \
-       > "/tmp/gpu_check_$name.log" 2>&1; then
-    echo "PASS $name"
-  else
-    echo "FAIL $name (log: /tmp/gpu_check_$name.log)"; fails=$((fails + 1))
-  fi
-done < <($PY - "$ART" <<'PYEOF'
-import json, sys
-m = json.load(open(f"{sys.argv[1]}/manifest.json"))
-for name in dict.fromkeys([m["variants"]["fp32"]["embeddings"], *m["variants"]["fp32"]["layers"], *m["variants"]["fp32"]["ramps"]]):
-    g = m["graphs"][name]
-    dims = lambda s: "x".join(str(d if isinstance(d, int) and d else (2 if i == 0 else 16)) for i, d in enumerate(s))
-    print(name, g["file"], " ".join(f"{i['name']}:[{dims(i['shape']).replace('x', ',')}]" for i in g["inputs"]), sep="\t")
-PYEOF
-)
 
-# 3) the nanotrt runner on TensorRT vs ONNX Runtime, end to end
-$PY - "$ART" "$PREC" <<'PYEOF' || fails=$((fails + 1))
-import sys, numpy as np
-from pipeline.runner import Runner
-art, prec = sys.argv[1], sys.argv[2]
-texts = ["a short one", "a somewhat longer sentence to classify here", "third"]
-ref = Runner.from_artifact(art).predict(texts, batch_size=3)
-with Runner.from_artifact(art, backend="tensorrt", precision=prec, memory_budget="2layers") as r:
-    got = r.predict(texts, batch_size=3)
-d = float(np.abs(got.ramp_logits - ref.ramp_logits).max())
-print(("PASS" if d < {"fp32": 1e-3, "fp16": 5e-2}.get(prec, 0.5) else "FAIL"), f"runner end-to-end max abs diff {d:.2e}")
-sys.exit(0 if d < 0.5 else 1)
+fail() { echo "FAIL $*"; fails=$((fails + 1)); }
+
+# --- 1. prerequisites ---------------------------------------------------------------------------------
+if ! nvidia-smi -L; then
+  echo "FAIL no NVIDIA GPU visible (nvidia-smi)"; exit 1
+fi
+prereqs() {
+  "$PY" - <<'PYEOF'
+import importlib, sys
+from nanotrt.engines.tensorrt import require_builder
+missing = []
+for mod in ("cuda.bindings.runtime", "polygraphy", "onnx", "onnxruntime"):
+    try:
+        importlib.import_module(mod)
+    except ImportError:
+        missing.append(mod)
+if missing:
+    print("missing:", ", ".join(missing)); sys.exit(1)
+trt = require_builder()  # one clear line if TensorRT is absent or outside 10.1-11.x
+print("TensorRT", trt.__version__, "OK")
 PYEOF
-echo "done: $fails failure(s)"
-exit $((fails > 0))
+}
+if ! prereqs; then
+  if [ "${INSTALL:-0}" = 1 ]; then
+    "$PY" -m pip install -e "$HERE/..[tensorrt-build]" || { echo "FAIL pip install nanotrt[tensorrt-build]"; exit 1; }
+    prereqs || { echo "FAIL prerequisites still missing after install"; exit 1; }
+  else
+    echo "FAIL prerequisites missing: rerun with INSTALL=1, or pip install -e '.[tensorrt-build]'"
+    echo "     (on a Jetson: JetPack 6.1+ provides TensorRT; pip install cuda-python polygraphy onnx)"
+    exit 1
+  fi
+fi
+
+# --- 2. builds through the CLI ------------------------------------------------------------------------
+"$PY" -m nanotrt build "$ART" --backend tensorrt || fail "nanotrt build --backend tensorrt (FP32)"
+"$PY" -m nanotrt build "$ART" --backend tensorrt --fp16 || fail "nanotrt build --backend tensorrt --fp16"
+"$PY" -m nanotrt build "$ART" --backend tensorrt --int8 --calib-task "$CALIB_TASK" \
+  || fail "nanotrt build --backend tensorrt --int8 --calib-task $CALIB_TASK"
+# The CLI end to end, streaming under a budget (the runner checks themselves are in gpu_check.py).
+"$PY" -m nanotrt predict "$ART" "a quick check" --backend tensorrt --precision fp16 --memory-budget 2layers --stats \
+  || fail "nanotrt predict --backend tensorrt"
+
+# --- 3. plans vs ONNX Runtime, swap runtime, timings, memory ------------------------------------------
+"$PY" "$HERE/gpu_check.py" "$ART" --out "$OUT" || fail "gpu_check.py (see the FAIL lines above and $OUT/gpu_check.md)"
+
+echo "gpu_check: $fails failure(s)"
+[ "$fails" -eq 0 ]

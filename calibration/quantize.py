@@ -1,10 +1,13 @@
 """INT8 quantization through ONNX Runtime: static QDQ (calibrated) and dynamic, plus a per-graph error
-measure used to keep sensitive graphs in higher precision."""
+measure used to keep sensitive graphs in higher precision; and the FP16 / Q-DQ graphs a strongly typed
+TensorRT build parses."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,39 +48,113 @@ def weight_matmuls(path: Path, skip_ffn_down: bool = False) -> list[str]:
     return nodes
 
 
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs per node through the *root* logger (module-level ``logging.info``),
+    so there is no ORT logger to silence: raise the root level for the call only and restore it, with a
+    NullHandler so that ``logging.warning`` does not ``basicConfig()`` the application's root logger."""
+    root, null = logging.getLogger(), logging.NullHandler()
+    level = root.level
+    root.addHandler(null)
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.removeHandler(null)
+
+
+# TensorRT explicit quantization (its "Q/DQ placement recommendations"): quantize the inputs of the
+# GEMMs only; never an output (a MatMul feeding its bias Add stays float, so TensorRT fuses bias and
+# activation into the INT8 GEMM instead of re-quantizing); symmetric signed INT8 with zero points 0 for
+# weights (per channel) and activations (per tensor); one Q/DQ pair per consumer.
+TRT_QDQ_OPTIONS: dict[str, object] = {
+    "ActivationSymmetric": True,
+    "WeightSymmetric": True,
+    "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+    "DedicatedQDQPair": True,
+}
+
+
 def quantize_static_qdq(src: Path, dst: Path, batches: list[Feeds], input_names: list[str], method: str = "minmax",
                         for_tensorrt: bool = False, skip_ffn_down: bool = True) -> bool:
-    """Explicit QDQ INT8. For TensorRT: symmetric signed activations and weights (what its explicit
-    quantization accepts). For ORT CPU: unsigned activations (U8S8, the fast x86 kernels)."""
+    """Explicit QDQ INT8. For TensorRT: ``TRT_QDQ_OPTIONS`` and the residual stream kept float
+    (``float_side_inputs``). For ORT CPU: unsigned activations (U8S8, the fast x86 kernels)."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     ort.set_default_logger_severity(3)
 
-    extra: dict[str, object] = {"ActivationSymmetric": for_tensorrt, "WeightSymmetric": True}
+    extra: dict[str, object] = dict(TRT_QDQ_OPTIONS) if for_tensorrt else {"WeightSymmetric": True}
     if method == "percentile":
         # Zero padding (needed to stack histogram batches) skews percentiles; in a development check on
         # MiniLM-L6/CoLA with 512 sentences it did worse than minmax (~0.23 vs ~0.07 on layer 4).
         extra["CalibPercentile"] = 99.999
-    logging.getLogger().setLevel(logging.ERROR)  # ORT quantization logs per node and pre-processing hints
     nodes = weight_matmuls(src, skip_ffn_down)
     if not nodes:  # e.g. the embeddings graph: nothing worth quantizing
         shutil.copy2(src, dst)
         return False
     # Histogram calibrators stack batches: pad them to one length (zeros, mask 0).
     pad = method != "minmax"
-    quantize_static(
-        str(src), str(dst), FeedReader(batches, input_names, pad=pad),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["MatMul", "Gemm"],  # the FLOPs; LayerNorm/Softmax/GELU stay float
-        nodes_to_quantize=nodes,
-        per_channel=True,
-        activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=_method(method),
-        extra_options=extra,
-    )
+    with _quiet_quantizer():
+        quantize_static(
+            str(src), str(dst), FeedReader(batches, input_names, pad=pad),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul", "Gemm"],  # the FLOPs; LayerNorm/Softmax/GELU stay float
+            nodes_to_quantize=nodes,
+            per_channel=True,
+            activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=_method(method),
+            extra_options=extra,
+        )
+    if for_tensorrt:
+        float_side_inputs(dst)
     return True
+
+
+def float_side_inputs(path: Path) -> int:
+    """Give every consumer of an activation's Q/DQ pair that is not a GEMM (the residual Add, Shape) the
+    float tensor back. ORT's DedicatedQDQPair splits pairs only among *quantized* consumers: a tensor with
+    one GEMM consumer (the attention block's LayerNorm output) keeps one shared DequantizeLinear that also
+    feeds the residual Add, which would push the residual stream through INT8. Returns the inputs rewired."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    rewired = 0
+    for n in g.node:
+        if n.op_type in ("MatMul", "Gemm", "QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(n.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":  # activation pair (weights have no Q)
+                n.input[i] = q.input[0]
+                rewired += 1
+    if rewired:
+        g.ClearField("value_info")  # stale after rewiring; the parser and ORT re-infer
+        onnx.save(model, str(path))
+    return rewired
+
+
+# TensorRT's parser warns that LayerNorm in FP16 after attention may overflow and suggests FP32 for it;
+# the strongly typed FP16 graph therefore keeps LayerNormalization in FP32 (Casts around it).
+TRT_FP16_KEEP_FP32 = ["LayerNormalization"]
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """FP16 graph with FP32 inputs and outputs (casts at the boundary) for a strongly typed TensorRT
+    build: no ORT fusions (TensorRT cannot parse com.microsoft ops); constants clamped to the FP16 range
+    (the attention mask's large negative fill becomes -65504)."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    model = convert_float_to_float16(model, keep_io_types=True,
+                                     op_block_list=[*DEFAULT_OP_BLOCK_LIST, *TRT_FP16_KEEP_FP32])
+    onnx.save(model, str(dst))
 
 
 def quantize_dynamic_int8(src: Path, dst: Path) -> bool:
@@ -88,9 +165,9 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> bool:
     if not nodes:
         shutil.copy2(src, dst)
         return False
-    logging.getLogger().setLevel(logging.ERROR)  # ORT's pre-processing hint, as in quantize_static_qdq
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                     weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+    with _quiet_quantizer():  # ORT's pre-processing hint, as in quantize_static_qdq
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                         weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
     return True
 
 

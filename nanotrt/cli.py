@@ -82,16 +82,15 @@ def build(
     calib_task: Annotated[str | None, typer.Option(help="GLUE task whose train split calibrates INT8")] = None,
     calib_size: Annotated[int, typer.Option(help="calibration sentences")] = 512,
     calib_method: Annotated[str, typer.Option(help="minmax | entropy | percentile")] = "minmax",
-    int8_tolerance: Annotated[float, typer.Option(help="max relative error of a graph before it stays FP32")] = 0.10,
+    int8_tolerance: Annotated[float, typer.Option(help="max relative error of an INT8 graph before it falls back (ORT: FP32; TensorRT: FP16, then FP32)")] = 0.10,
     dynamic: Annotated[bool, typer.Option(help="also build ORT dynamic INT8 (for comparison)")] = False,
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
-    workspace_mb: Annotated[int, typer.Option(help="TensorRT builder workspace limit")] = 1024,
-    min_shape: Annotated[str, typer.Option(help="TensorRT profile min batch x seq")] = "1x1",
-    opt_shape: Annotated[str, typer.Option(help="TensorRT profile opt batch x seq")] = "1x128",
-    max_shape: Annotated[str, typer.Option(help="TensorRT profile max batch x seq")] = "32x512",
-    version_compatible: Annotated[bool, typer.Option(help="TensorRT version-compatible plans (lean runtime)")] = False,
-    exclude_lean_runtime: Annotated[bool, typer.Option(help="do not embed the lean runtime in the plans")] = False,
-    legacy_calib_cache: Annotated[bool, typer.Option(help="also write a TensorRT 8.x calibration cache")] = False,
+    workspace_mb: Annotated[int, typer.Option(help="TensorRT builder workspace limit (MiB)")] = 1024,
+    min_shape: Annotated[str, typer.Option(help="TensorRT profile min BATCHxSEQ")] = "1x1",
+    opt_shape: Annotated[str | None, typer.Option(help="TensorRT profile opt BATCHxSEQ (default 1x128 within the max)")] = None,
+    max_shape: Annotated[str | None, typer.Option(help="TensorRT profile max BATCHxSEQ (default 32 x the tokenizer's max length)")] = None,
+    version_compatible: Annotated[bool, typer.Option(help="TensorRT version-compatible plans (run on newer TensorRT of the same major)")] = False,
+    exclude_lean_runtime: Annotated[bool, typer.Option(help="with --version-compatible: leave the lean runtime out of the plans (build and device then need $NANOTRT_TRT_LEAN_RUNTIME = path of libnvinfer_lean.so)")] = False,
     fused: Annotated[bool, typer.Option("--fused", help="also ort-*-fused: layer i and its ramp as one graph")] = False,
 ) -> None:
     """Add optimized / FP16 / INT8 engines for a backend to an artifact (atomic, idempotent)."""
@@ -100,18 +99,11 @@ def build(
 
     trt_options = None
     if backend == "tensorrt":
-        from nanotrt.engines.tensorrt import ProfileShapes
+        from nanotrt.engines.tensorrt import BuildOptions, parse_shape
 
-        def shape(text: str) -> tuple[int, int]:
-            try:
-                b, s = (int(x) for x in text.lower().split("x"))
-            except ValueError:
-                raise NanotrtError(f"cannot read shape '{text}': use BATCHxSEQ, e.g. 8x128") from None
-            return b, s
-
-        trt_options = {"profile": ProfileShapes(shape(min_shape), shape(opt_shape), shape(max_shape)),
-                       "workspace_mb": workspace_mb, "version_compatible": version_compatible,
-                       "exclude_lean_runtime": exclude_lean_runtime, "legacy_calib_cache": legacy_calib_cache}
+        trt_options = BuildOptions(parse_shape(min_shape), parse_shape(opt_shape) if opt_shape else None,
+                                   parse_shape(max_shape) if max_shape else None, workspace_mb,
+                                   version_compatible, exclude_lean_runtime).to_json()
     run_build(artifact, backend=backend, fp16=fp16, int8=int8, calib_task=calib_task, calib_size=calib_size,
               calib_method=calib_method, data_dir=data_dir, int8_tolerance=int8_tolerance, dynamic=dynamic,
               trt_options=trt_options, fused=fused)

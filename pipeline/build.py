@@ -7,10 +7,9 @@ artifact intact, and re-running with the same options is a no-op.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from nanotrt.runtime.progress import console, progress
 # The per-graph errors of a build are recorded in its manifest (variants.ort-int8.rel_error); for the
 # committed MiniLM-L6 builds the maximum is 0.08-0.12 (benchmarks/results/int8_layers.md).
 INT8_TOLERANCE = 0.10
-BUILDER_VERSION = 5  # part of each variant's options: a newer builder rebuilds instead of "up to date"
+BUILDER_VERSION = 6  # part of each variant's options: a newer builder rebuilds instead of "up to date"
 
 
 def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool, fused: bool = False) -> list[str]:
@@ -115,9 +114,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
         task_file(get_task(calib_task or ""), "train", data_dir)
     trt_mod: Any = None
     if backend == "tensorrt":
-        from nanotrt.engines import tensorrt as trt_mod  # lazy: TensorRT only where installed
-
-        trt_mod.require_tensorrt()
+        trt_mod, trt_options = _trt_setup(m, trt_options)
     variants = _variant_names(backend, fp16, int8, dynamic, fused)
     calib = None
     built: list[str] = []
@@ -131,7 +128,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
             console.print(f"{variant}: up to date")
             built.append(variant)
             continue
-        if VARIANTS[variant].calibrated and calib is None:  # dynamic INT8 too: its error is measured on it
+        if "int8" in variant and not variant.endswith("-fused") and calib is None:  # dynamic INT8 too: its per-graph error is measured on it
             from nanotrt.calibration.readers import collect
             from nanotrt.pipeline.glue import read_split
 
@@ -209,140 +206,147 @@ def _build_whole_int8(m: Manifest, calib_task: str, data_dir: str | Path | None)
     console.print(f"{WHOLE_INT8}: built (ORT quantize_dynamic, per-channel; rel. error vs FP32 {err:.3f})")
 
 
-@dataclass
-class Variant:
-    """How one variant turns a graph of the FP32 schedule into its own (Optimum-style: data, not branches)."""
-
-    precision: str
-    build_graph: Callable[[BuildContext, str, Path, Path], str]  # (ctx, unit, src, dst) -> precision kept
-    calibrated: bool = False  # needs calibration batches (static INT8)
-    backend: str = "onnx"
-
-
-@dataclass
-class BuildContext:
-    m: Manifest
-    calib: Any
-    calib_method: str
-    tolerance: float
-    trt_mod: Any
-    trt_options: dict[str, Any]
-    errors: dict[str, float] = field(default_factory=dict)
-    kept_fp32: list[str] = field(default_factory=list)
-
-
-def _ort_fp32(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
-    _optimize_ort(src, dst, ctx.m, fp16=False)
-    return "fp32"
-
-
-def _ort_fp16(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
-    _optimize_ort(src, dst, ctx.m, fp16=True)
-    return "fp16"
-
-
-def _ort_int8_dynamic(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
-    from nanotrt.calibration.quantize import quantize_dynamic_int8, relative_error
-
-    precision = "int8" if quantize_dynamic_int8(src, dst) else "fp32"
-    ctx.errors[unit] = relative_error(src, dst, ctx.calib.batches(unit)) if ctx.calib else float("nan")
-    return precision
-
-
-def _ort_int8_static(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
-    from nanotrt.calibration.quantize import quantize_static_qdq, relative_error
-
-    inputs = [i["name"] for i in ctx.m.graphs[unit]["inputs"]]
-    precision = "int8" if quantize_static_qdq(src, dst, ctx.calib.batches(unit), inputs, ctx.calib_method) else "fp32"
-    ctx.errors[unit] = relative_error(src, dst, ctx.calib.batches(unit))
-    if ctx.errors[unit] > ctx.tolerance:  # sensitive graph: keep it in FP32 (mixed precision)
-        shutil.copy2(src, dst)
-        precision = "fp32"
-        ctx.kept_fp32.append(unit)
-    return precision
-
-
-def _build_trt(ctx: BuildContext, unit: str, src: Path, plan: Path, precision: str) -> str:
-    """TensorRT: a strongly typed plan from the FP32 (FP16) or QDQ (INT8) ONNX graph."""
-    from nanotrt.calibration.quantize import quantize_static_qdq
-
-    out, entry = plan.parent, ctx.m.graphs[unit]
-    input_names = [i["name"] for i in entry["inputs"]]
-    qdq_src = src
-    if precision == "int8":
-        qdq_src = out / f"{unit}.qdq.onnx"
-        if not quantize_static_qdq(src, qdq_src, ctx.calib.batches(unit), input_names, ctx.calib_method,
-                                   for_tensorrt=True):
-            precision = "fp16"  # nothing to quantize: FP16 like the rest of the non-QDQ layers
-    opts = dict(ctx.trt_options)
-    if opts.pop("legacy_calib_cache", False):  # TensorRT 8.x devices: implicit-quantization cache
-        opts.update(legacy_calib_cache=out / f"{unit}.calib.cache", calib_batches=ctx.calib.batches(unit))
-    ctx.trt_mod.build_plan(qdq_src, plan, precision, entry["inputs"], ctx.m.data["hidden_size"], out, **opts)
-    return precision
-
-
-def _trt(precision: str) -> Variant:
-    def build_graph(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
-        return _build_trt(ctx, unit, src, dst, precision)
-
-    return Variant(precision, build_graph, calibrated=precision == "int8", backend="tensorrt")
-
-
-def _fused_placeholder(ctx: BuildContext, unit: str, src: Path, dst: Path) -> str:
-    raise AssertionError("fused variants are built by _build_fused")
-
-
-VARIANTS: dict[str, Variant] = {
-    "ort-fp32": Variant("fp32", _ort_fp32),
-    "ort-fp16": Variant("fp16", _ort_fp16),
-    "ort-int8": Variant("int8", _ort_int8_static, calibrated=True),
-    "ort-int8-dynamic": Variant("int8", _ort_int8_dynamic, calibrated=True),  # its error needs the feeds
-    "ort-fp32-fused": Variant("fp32", _fused_placeholder),
-    "ort-int8-fused": Variant("int8", _fused_placeholder),
-    "trt-fp32": _trt("fp32"),
-    "trt-fp16": _trt("fp16"),
-    "trt-int8": _trt("int8"),
-}
-
-Built = tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]
-
-
 def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_method: str,
-                   tolerance: float, trt_mod: Any, trt_options: dict[str, Any]) -> Built:
+                   tolerance: float, trt_mod: Any, trt_options: dict[str, Any]
+                   ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
     if variant.endswith("-fused"):
         return _build_fused(m, variant, out)
-    spec = VARIANTS[variant]
-    ctx = BuildContext(m, calib, calib_method, tolerance, trt_mod, trt_options)
+    from nanotrt.calibration.quantize import quantize_dynamic_int8, quantize_static_qdq, relative_error
+
     base = m.schedule("fp32")
     units = _graph_units(m)
     graphs: dict[str, tuple[str, dict[str, Any]]] = {}
     rename: dict[str, str] = {}
+    errors: dict[str, float] = {}
+    kept_fp32: list[str] = []
     with progress() as bar:
         job = bar.add_task(f"build {variant}", total=len(units), info="")
         for unit in units:
             bar.update(job, info=unit)
+            src = m.verify(unit)
             entry = m.graphs[unit]
             fields: dict[str, Any] = {k: entry[k] for k in ("role", "index", "inputs", "outputs")}
-            if spec.backend == "tensorrt":
-                plan = out / f"{unit}.plan"
-                precision = spec.build_graph(ctx, unit, m.verify(unit), plan)
-                graphs[f"{variant}/{unit}"] = (plan.name, {**fields, "precision": precision, "format": "trt-plan"})
-            else:
-                onnx_out = out / f"{unit}.onnx"
-                precision = spec.build_graph(ctx, unit, m.verify(unit), onnx_out)
-                _ort_offline_optimize(onnx_out)
-                graphs[f"{variant}/{unit}"] = (onnx_out.name, {
-                    **fields, "precision": precision, "format": "onnx", "ort_optimized": "CPUExecutionProvider",
-                    **({"rel_error": ctx.errors[unit]} if unit in ctx.errors else {})})
+            input_names = [i["name"] for i in entry["inputs"]]
+            onnx_out = out / f"{unit}.onnx"
+            precision = variant.split("-")[1]
+            if variant == "ort-fp32":
+                _optimize_ort(src, onnx_out, m, fp16=False)
+            elif variant == "ort-fp16":
+                _optimize_ort(src, onnx_out, m, fp16=True)
+            elif variant == "ort-int8-dynamic":
+                if not quantize_dynamic_int8(src, onnx_out):
+                    precision = "fp32"
+                errors[unit] = relative_error(src, onnx_out, calib.batches(unit)) if calib else float("nan")
+            elif variant == "ort-int8":
+                if not quantize_static_qdq(src, onnx_out, calib.batches(unit), input_names, calib_method):
+                    precision = "fp32"
+                errors[unit] = relative_error(src, onnx_out, calib.batches(unit))
+                if errors[unit] > tolerance:  # sensitive graph: keep it in FP32 (mixed precision)
+                    shutil.copy2(src, onnx_out)
+                    precision = "fp32"
+                    kept_fp32.append(unit)
+            elif variant.startswith("trt-"):
+                graphs[f"{variant}/{unit}"] = _build_trt_unit(m, unit, precision, out, calib, calib_method,
+                                                              tolerance, trt_mod, trt_options, errors, kept_fp32)
+                rename[unit] = f"{variant}/{unit}"
+                bar.advance(job)
+                continue
+            _ort_offline_optimize(onnx_out)
+            graphs[f"{variant}/{unit}"] = (onnx_out.name, {**fields, "precision": precision, "format": "onnx",
+                                                           "ort_optimized": "CPUExecutionProvider",
+                                                           **({"rel_error": errors[unit]} if unit in errors else {})})
             rename[unit] = f"{variant}/{unit}"
             bar.advance(job)
     sched = Schedule(rename[base.embeddings], [rename[n] for n in base.layers], [rename[n] for n in base.ramps])
-    info: dict[str, Any] = {"backend": spec.backend if spec.backend == "tensorrt" else "onnx", "precision": spec.precision}
-    if ctx.errors:
-        info["rel_error"] = ctx.errors
-        info["kept_fp32"] = ctx.kept_fp32
-        info["summary"] = f"max rel. error {max(ctx.errors.values()):.3f}, kept in FP32: {ctx.kept_fp32 or 'none'}"
+    info: dict[str, Any] = {"backend": "tensorrt" if variant.startswith("trt-") else "onnx",
+                            "precision": variant.split("-")[1]}
+    if errors:
+        info["rel_error"] = errors
+        info["kept_fp32"] = kept_fp32
+        info["summary"] = f"max rel. error {max(errors.values()):.3f}, kept in FP32: {kept_fp32 or 'none'}"
+    if variant.startswith("trt-"):
+        info.pop("kept_fp32", None)  # TensorRT INT8 falls back to FP16 first: kept_higher says which
+        info["scratch_bytes"] = max(int(f["scratch_bytes"]) for _, f in graphs.values())  # the one shared buffer
+        info["kept_higher"] = {u: f["precision"] for u, (_, f) in zip(units, graphs.values(), strict=True)
+                               if f["precision"] != info["precision"]}
+        if errors:
+            info["summary"] = (f"max rel. error {max(errors.values()):.3f}, scratch "
+                               f"{info['scratch_bytes'] / 1e6:.1f} MB, kept higher: {info['kept_higher'] or 'none'}")
     return graphs, sched, info
+
+
+# --- TensorRT (strongly typed: the precision is the ONNX's own) ----------------------------------
+
+def _trt_setup(m: Manifest, trt_options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """Version gate, then the build options as plain JSON (they become the variant's manifest options;
+    the TensorRT version is part of them, so a TensorRT upgrade rebuilds instead of "up to date")."""
+    from nanotrt.engines import tensorrt as trt_mod  # lazy: TensorRT only where installed
+
+    trt = trt_mod.require_builder()
+    opts = trt_mod.BuildOptions.from_json(trt_options or {}).resolve(int(m.tokenizer["max_length"]))
+    return trt_mod, {**opts.to_json(), "tensorrt": str(trt.__version__)}
+
+
+def _trt_candidates(src: Path, precision: str, out: Path, unit: str, calib: Any, calib_method: str,
+                    input_names: list[str]) -> list[tuple[str, Path]]:
+    """(precision, ONNX to parse) in order of preference. INT8 falls back to FP16, then FP32, when the
+    plan's measured error exceeds the tolerance (the ORT INT8 path keeps such graphs in FP32)."""
+    from nanotrt.calibration.quantize import convert_fp16, quantize_static_qdq
+
+    cands: list[tuple[str, Path]] = []
+    if precision == "int8":
+        qdq = out / f"{unit}.qdq.onnx"
+        if quantize_static_qdq(src, qdq, calib.batches(unit), input_names, calib_method, for_tensorrt=True):
+            cands.append(("int8", qdq))
+        else:
+            qdq.unlink(missing_ok=True)  # nothing to quantize (embeddings): FP16 like the rest
+    if precision in ("int8", "fp16"):
+        fp16 = out / f"{unit}.fp16.onnx"
+        convert_fp16(src, fp16)
+        cands.append(("fp16", fp16))
+    cands.append(("fp32", src))
+    return cands
+
+
+def _in_profile(batches: list[dict[str, Any]], opts: Any) -> list[dict[str, Any]]:
+    """Calibration batches cut to the profile's max batch, without those whose length is outside it."""
+    (min_b, min_s), (b, s) = opts.min_shape, opts.max_shape
+    return [{k: v[:b] for k, v in f.items()} for f in batches
+            if min_s <= next(iter(f.values())).shape[1] <= s and len(next(iter(f.values()))) >= min_b]
+
+
+def _build_trt_unit(m: Manifest, unit: str, precision: str, out: Path, calib: Any, calib_method: str,
+                    tolerance: float, trt_mod: Any, trt_options: dict[str, Any], errors: dict[str, float],
+                    kept: list[str]) -> tuple[str, dict[str, Any]]:
+    """Build one graph's plan; for INT8, measure it against the FP32 graph and fall back when it is off."""
+    src = m.verify(unit)
+    entry = m.graphs[unit]
+    opts = trt_mod.BuildOptions.from_json(trt_options)
+    cands = _trt_candidates(src, precision, out, unit, calib, calib_method, [i["name"] for i in entry["inputs"]])
+    if precision != "int8":
+        cands = cands[:1]
+    plan = out / f"{unit}.plan"
+    batches = _in_profile(calib.batches(unit), opts) if calib is not None else []
+    for i, (prec, onnx_path) in enumerate(cands):  # noqa: B007 - the accepted candidate is used below
+        trt_mod.build_plan(onnx_path, plan, entry["inputs"], opts, m.root / "trt-timing.cache")
+        if not batches:
+            break
+        errors[unit] = trt_mod.plan_error(plan, src, batches, opts)
+        if precision != "int8" or errors[unit] <= tolerance or i == len(cands) - 1:
+            break
+    if precision == "int8" and cands[0][0] == "int8" and prec != "int8":
+        kept.append(unit)
+    for _, path in cands:  # keep only the ONNX the plan was parsed from
+        if path != onnx_path and path.parent == out:
+            path.unlink(missing_ok=True)
+    fields: dict[str, Any] = {k: entry[k] for k in ("role", "index", "inputs", "outputs")}
+    fields.update(precision=prec, format="trt-plan", **trt_mod.plan_info(plan, opts),
+                  io_bytes=trt_mod.io_bytes(entry, opts.max_shape),
+                  # the ONNX the plan was parsed from, relative to the plan's folder (gpu_check compares them)
+                  source_onnx=Path(os.path.relpath(onnx_path, out)).as_posix())
+    if unit in errors:
+        fields["rel_error"] = errors[unit]
+    return plan.name, fields
 
 
 # --- fused layer + ramp ----------------------------------------------------------------------
@@ -407,7 +411,7 @@ def _check_fused(fused: Path, layer: Path, ramp: Path, hidden: int) -> float:
     return float(max(np.abs(h_out - ref_h).max(), np.abs(logits - ref_l).max()))
 
 
-def _build_fused(m: Manifest, variant: str, out: Path) -> Built:
+def _build_fused(m: Manifest, variant: str, out: Path) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
     """``<v>-fused``: variant ``<v>``'s layer i and ramp i as one graph (its embeddings copied as they are)."""
     src_variant = variant[: -len("-fused")]
     base = m.schedule(src_variant)

@@ -38,6 +38,11 @@ class Backend(ABC):
         """The manifest variant this backend runs at ``precision`` (fp32 exported graphs by default)."""
         return "fp32" if precision == "fp32" else f"ort-{precision}"
 
+    def reserve(self, manifest: Manifest, names: list[str]) -> int:
+        """Allocate the fixed working set these graphs need besides their engines (TensorRT: the shared
+        scratch and I/O buffers) now, on the runner's thread; return its bytes (counted in the budget)."""
+        return 0
+
     def configure(self, swapping: bool) -> None:  # noqa: B027 - optional hook
         """Told by the runner whether engines will be swapped (budget below the model) or stay resident: a
         swapped engine must hold no more than its manifest bytes."""

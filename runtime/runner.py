@@ -113,9 +113,10 @@ class Activations:
         return sum(self.held(b, s) for b, s in sizes) + max(self.working(b, s) for b, s in sizes)
 
 
-def resolve_budget(text: str | int | None, manifest: Manifest, variant: str) -> int | None:
+def resolve_budget(text: str | int | None, manifest: Manifest, variant: str, reserved: int = 0) -> int | None:
     """``all`` / None -> unlimited; ``3layers`` -> room for 3 of the largest graphs of the variant
-    (embeddings included) plus one example's activations at full length; else bytes."""
+    (embeddings included) plus one example's activations at full length plus the backend's fixed working set
+    (``reserved``: TensorRT scratch and I/O buffers); else bytes, all of that included."""
     if text is None or (isinstance(text, str) and text.strip().lower() in ("all", "", "none")):
         return None
     if isinstance(text, int):
@@ -126,7 +127,7 @@ def resolve_budget(text: str | int | None, manifest: Manifest, variant: str) -> 
     if m:
         biggest = max(int(manifest.graphs[n]["bytes"]) for n in manifest.schedule(variant).names())
         seq = int(manifest.tokenizer.get("max_length", 128))
-        return int(m.group(1)) * biggest + Activations.from_manifest(manifest).block([(1, seq)])
+        return int(m.group(1)) * biggest + Activations.from_manifest(manifest).block([(1, seq)]) + reserved
     return parse_size(text)
 
 
@@ -186,17 +187,21 @@ class Runner:
         for lay, ramp in zip(self.schedule.layers, self.schedule.ramps, strict=True):
             order += [lay] if self.fused else [lay, ramp]
         self.acts = Activations.from_manifest(manifest)
-        self.budget = resolve_budget(memory_budget, manifest, self.variant)
+        self.reserved = backend.reserve(manifest, self.schedule.names())  # e.g. TensorRT scratch + I/O
+        self.budget = resolve_budget(memory_budget, manifest, self.variant, self.reserved)
         sizes = {name: int(manifest.graphs[name]["bytes"]) for name in order}
         self.largest = max(sizes.values())
         # Engines get swapped when the budget cannot hold all of them next to one full-length example.
         full = self.acts.block([(1, self.tokenizer.max_length)])
-        self.streaming = self.budget is not None and self.budget < sum(sizes.values()) + full
-        if self.budget is not None and self.budget < self.largest + self.acts.block([(1, 1)]):
+        self.streaming = self.budget is not None and self.budget < sum(sizes.values()) + full + self.reserved
+        if self.budget is not None and self.budget < self.reserved + self.largest + self.acts.block([(1, 1)]):
+            backend.close()
             raise NanotrtError(f"memory budget {fmt_bytes(self.budget)} is smaller than the largest graph plus "
                                f"activations: use at least {fmt_bytes(self._minimum(self.tokenizer.max_length))} "
                                f"(1layer: any input up to {self.tokenizer.max_length} tokens)")
-        self.cache = ResidencyCache(backend, manifest, order, self.budget, prefetch=prefetch)
+        # The cache budgets engines and activations; the backend's fixed working set comes off the top.
+        engines = None if self.budget is None else self.budget - self.reserved
+        self.cache = ResidencyCache(backend, manifest, order, engines, prefetch=prefetch)
         self._emb_inputs = [i["name"] for i in manifest.graphs[self.schedule.embeddings]["inputs"]]
         self._amortized: bool | None = None
         self._configure(amortized=False)
@@ -326,10 +331,10 @@ class Runner:
     # --- scheduling many inputs ------------------------------------------------------------
     def _minimum(self, seq: int) -> int:
         """The smallest budget that runs one example of ``seq`` tokens."""
-        return self.largest + self.acts.block([(1, seq)])
+        return self.reserved + self.largest + self.acts.block([(1, seq)])
 
     def _fits(self, sizes: list[tuple[int, int]]) -> bool:
-        return self.budget is None or self.acts.block(sizes) + self.largest <= self.budget
+        return self.budget is None or self.acts.block(sizes) + self.largest + self.reserved <= self.budget
 
     def _micro_batches(self, texts: Sequence[str], pairs: Sequence[str] | None, start: int, stop: int,
                        batch_size: int) -> Iterator[_Batch]:
@@ -398,7 +403,7 @@ class Runner:
             self.cache.reserve_activations(0)
         stats.wall_s = time.perf_counter() - t0
         stats.samples = len(texts)
-        stats.cache = self.cache.stats.as_dict()
+        stats.cache = {**self.cache.stats.as_dict(), "backend_reserved_bytes": self.reserved}
         stats.variant = self.variant
         return Result(self.to_predictions(*out), *out, stats)
 

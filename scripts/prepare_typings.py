@@ -20,7 +20,9 @@ OUT = ROOT / "typings"
 
 
 def main() -> int:
-    site = Path(sysconfig.get_paths()["purelib"])
+    # This venv's site-packages first, then any other on sys.path (a worktree venv that borrows a shared one).
+    dirs = [Path(sysconfig.get_paths()["purelib"]), *(Path(p) for p in sys.path if p)]
+    site = next((d for d in dirs if (d / "tensorrt_bindings" / "tensorrt.pyi").is_file()), dirs[0])
     if not (site / "tensorrt_bindings" / "tensorrt.pyi").is_file():
         print("tensorrt-stubs not installed: pip install --no-deps tensorrt-stubs", file=sys.stderr)
         return 1
