@@ -197,7 +197,8 @@ class Runner:
         if self.budget is not None and self.budget < self.reserved + self.largest + self.acts.block([(1, 1)]):
             backend.close()
             raise NanotrtError(f"memory budget {fmt_bytes(self.budget)} is smaller than the largest graph plus "
-                               f"activations: use at least {fmt_bytes(self._minimum(self.tokenizer.max_length))} "
+                               f"activations plus the backend's working set ({fmt_bytes(self.reserved)}: scratch "
+                               f"and I/O buffers): use at least {fmt_bytes(self._minimum(self.tokenizer.max_length))} "
                                f"(1layer: any input up to {self.tokenizer.max_length} tokens)")
         # The cache budgets engines and activations; the backend's fixed working set comes off the top.
         engines = None if self.budget is None else self.budget - self.reserved
