@@ -99,6 +99,7 @@ def build(
     max_shape: Annotated[str | None, typer.Option(help="TensorRT profile max BATCHxSEQ (default 32 x the tokenizer's max length)")] = None,
     version_compatible: Annotated[bool, typer.Option(help="TensorRT version-compatible plans (run on newer TensorRT of the same major)")] = False,
     exclude_lean_runtime: Annotated[bool, typer.Option(help="with --version-compatible: leave the lean runtime out of the plans (build and device then need $NANOTRT_TRT_LEAN_RUNTIME = path of libnvinfer_lean.so)")] = False,
+    fused: Annotated[bool, typer.Option("--fused", help="also ort-*-fused: layer i and its ramp as one graph")] = False,
 ) -> None:
     """Add optimized / FP16 / INT8 engines for a backend to an artifact (atomic, idempotent)."""
     require("export", "`nanotrt build`")  # onnx for graph surgery and quantization
@@ -113,7 +114,7 @@ def build(
                                    version_compatible, exclude_lean_runtime).to_json()
     run_build(artifact, backend=backend, fp16=fp16, int8=int8, calib_task=calib_task, calib_size=calib_size,
               calib_method=calib_method, data_dir=data_dir, int8_tolerance=int8_tolerance, dynamic=dynamic,
-              trt_options=trt_options)
+              trt_options=trt_options, fused=fused)
 
 
 @app.command()
@@ -211,7 +212,7 @@ def predict(
     file: Annotated[Path | None, typer.Option("-f", "--file", help="one text per line (TAB before a pair); - = stdin; empty lines skipped")] = None,
     encoding: Annotated[str, typer.Option(help="encoding of -f (undecodable bytes are an error naming the line)")] = "utf-8",
     backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt | torch")] = "onnxruntime",
-    memory_budget: Annotated[str, typer.Option(help="engine memory budget: all, 300MB, 2GB, 2layers")] = "all",
+    memory_budget: Annotated[str, typer.Option(help="memory budget for engines + activations: all, 300MB, 2GB, 2layers (room for 2 of the largest graphs)")] = "all",
     exit: Annotated[str | None, typer.Option("--exit", help="none, patience=3, entropy=0.3, maxprob=0.9, depth=4, learned=0.5, patience=2,maxprob=0.9, patience=3,deadline=8ms (default: the artifact's calibrated default_exit, else none)")] = None,
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8: runs the best variant the artifact has at "
                                                 "this precision (built before exported)")] = "fp32",
@@ -219,6 +220,9 @@ def predict(
                                                      "(overrides --precision)")] = None,
     prefetch: Annotated[bool, typer.Option(help="load the next layer on a background thread")] = True,
     batch_size: Annotated[int, typer.Option(help="samples per batch (each exits on its own)")] = 8,
+    mode: Annotated[str, typer.Option(help="auto | latency | block (layer-major over many inputs)")] = "auto",
+    block_size: Annotated[int | None, typer.Option(help="block mode: examples per block (default: what the budget allows)")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime: threads of the shared intra-op pool")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per input")] = False,
     stats: Annotated[bool, typer.Option(help="print run statistics")] = False,
 ) -> None:
@@ -226,9 +230,10 @@ def predict(
     from nanotrt.runtime.runner import Runner
 
     items, pairs = _read_inputs(texts or [], pair, file, encoding)
+    options = {"threads": threads} if threads and backend == "onnxruntime" else {}
     with Runner.from_artifact(artifact, backend=backend, memory_budget=memory_budget, exit=exit,
-                              variant=variant, prefetch=prefetch, precision=precision) as runner:
-        res = runner.predict(items, pairs, batch_size=batch_size)
+                              variant=variant, prefetch=prefetch, precision=precision, **options) as runner:
+        res = runner.predict(items, pairs, batch_size=batch_size, mode=mode, block_size=block_size)
     if runner.tokenizer.truncated:  # one line, however many: the model sees only the first max_length tokens
         typer.echo(f"warning: {runner.tokenizer.truncated} of {len(items)} input(s) longer than "
                    f"{runner.tokenizer.max_length} tokens were truncated", err=True)
@@ -246,7 +251,8 @@ def predict(
     if stats:
         s = res.stats
         typer.echo(json.dumps({"variant": s.variant, "samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
-                               "compute_s": s.compute_s, "layer_time_s": s.layer_time_s,
+                               "compute_s": s.compute_s, "layer_time_s": s.layer_time_s, "mode": s.mode,
+                               "blocks": s.blocks, "max_block": s.max_block,
                                "budget": runner.describe_budget(), **s.cache}, indent=1), err=True)
 
 

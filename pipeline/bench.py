@@ -6,8 +6,10 @@ split with the artifact's tokenizer.json, so all rows see identical token ids.
 
 Rows: 1 torch-full (eager, full depth) · 2 torch-exit (the PABEE/DeeBERT reference loop, batch 1) ·
 3 ort-whole (one ONNX graph, all resident; FP32, and dynamic INT8 as the INT8 baseline) · 4 nanotrt-full
-(per-layer, all resident, no exit) · 5 nanotrt-exit fp32 / int8 at the chosen memory budget.
-Each row carries a ``key`` (stable, for lookups) besides its display name.
+(per-layer, all resident, no exit; fused variant too when built) · 5 nanotrt-exit fp32 / int8 at the chosen
+memory budget · 6 the same exit streamed under a 2-layer budget, batch 1 · 7 the same over the whole dev set
+in block mode (layer-major). Rows that need what the artifact lacks (checkpoint, one-graph export, a built
+variant) are skipped and listed. Each row carries a ``key`` (stable, for lookups) besides its display name.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class RowSpec:
     prefetch: bool = True
     threads: int | None = None
     sweep: list[str] = field(default_factory=list)  # runner only: several exit specs in one child
+    mode: str = "latency"  # runner only: block = the whole split through Runner.predict(mode="block")
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,6 +157,8 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
     from nanotrt.runtime.backend import get_backend
     from nanotrt.runtime.runner import Runner, RunStats
 
+    if spec.mode == "block":
+        return _block_row(spec, task, m, labels)
     results = []
     for exit_spec in spec.sweep or [spec.exit]:
         backend = get_backend("onnxruntime", threads=spec.threads)
@@ -166,9 +171,33 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
             results.append(_summary(task, labels, logits, layers, lat, wall, n, {
                 "exit": exit_spec, "variant": runner.variant, "budget": runner.describe_budget(),
                 "precision": m.data["variants"][runner.variant].get("precision", "fp32"),
-                "engine_peak_bytes": cache.peak_resident_bytes, "load_s": cache.load_s, "wait_s": cache.wait_s,
-                "loads": cache.loads, "torch_imported": "torch" in sys.modules}))
+                "engine_peak_bytes": cache.peak_resident_bytes, "activation_peak_bytes": cache.peak_activation_bytes,
+                "load_s": cache.load_s, "wait_s": cache.wait_s, "loads": cache.loads,
+                "torch_imported": "torch" in sys.modules}))
     return results if spec.sweep else results[0]
+
+
+def _block_row(spec: RowSpec, task: Task, m: Any, labels: np.ndarray) -> dict[str, Any]:
+    """The whole split through one ``Runner.predict(mode="block")`` call: per-example latency is not
+    defined in a layer-major block, so p50/p95 are the mean time per example."""
+    from nanotrt.runtime.backend import get_backend
+    from nanotrt.runtime.runner import Runner
+
+    split = read_split(task, "dev", spec.data_dir, limit=spec.limit)
+    with Runner(m, get_backend("onnxruntime", threads=spec.threads), memory_budget=spec.budget, exit=spec.exit,
+                variant=spec.variant, prefetch=spec.prefetch, precision=spec.precision) as runner:
+        runner.predict(split.texts[:WARMUP], split.pairs[:WARMUP] if split.pairs else None, spec.batch_size)
+        t0 = time.perf_counter()
+        res = runner.predict(split.texts, split.pairs, batch_size=spec.batch_size, mode="block")
+        wall = time.perf_counter() - t0
+        c = res.stats.cache
+    lat = [wall / len(split)] * len(split)
+    return _summary(task, labels, res.logits, res.exit_layers, lat, wall, m.num_layers, {
+        "exit": spec.exit, "variant": runner.variant, "budget": runner.describe_budget(), "mode": res.stats.mode,
+        "precision": m.data["variants"][runner.variant].get("precision", "fp32"),
+        "blocks": res.stats.blocks, "max_block": res.stats.max_block, "engine_peak_bytes": c["peak_resident_bytes"],
+        "activation_peak_bytes": c["peak_activation_bytes"], "load_s": c["load_s"], "wait_s": c["wait_s"],
+        "loads": c["loads"], "torch_imported": "torch" in sys.modules})
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,15 @@ DEFAULT_TRAIN: dict[str, dict[str, Any]] = {t: {"limit": 16000, "epochs": 1.0} f
 DEFAULT_EXIT = {"classification": "patience=3", "regression": "patience=2,delta=0.1"}
 
 
+def default_exit(task_type: str, layers: int) -> str:
+    """The built-in bench exit, with patience capped below the depth (a patience that can never fire is
+    refused by the policy parser; tiny test models have 3 layers)."""
+    spec = DEFAULT_EXIT[task_type]
+    head, _, rest = spec.partition(",")
+    patience = min(int(head.split("=")[1]), max(layers - 1, 1))
+    return f"patience={patience}" + (f",{rest}" if rest else "")
+
+
 def sweep_specs(task_type: str, n_layers: int) -> list[str]:
     """Exit settings swept, plus fixed depth 1..N-1: the smaller model early exit has to beat."""
     depth = [f"depth={d}" for d in range(1, n_layers)]
@@ -97,6 +106,34 @@ def bench_rows(exit: str, budget: str, batch_size: int, int8s: list[str], base: 
     return rows
 
 
+def runtime_rows(exit: str, batch_size: int, int8: bool, best_fp32: str, base: dict[str, Any]) -> list[RowSpec]:
+    """Issue 11's rows: the per-layer split without the fused product when that is the best variant, and the
+    2-layer streaming exit over the whole split in block mode (layer-major) next to all-resident."""
+    rows = []
+    if best_fp32.endswith("-fused"):
+        rows.append(RowSpec("4 nanotrt full, unfused, all resident", "runner", key="full-unfused",
+                            variant=best_fp32[: -len("-fused")], **base))
+    prec, bs = "int8" if int8 else "fp32", max(batch_size, 8)
+    rows += [RowSpec(f"7 nanotrt {prec} {exit} @2layers, block mode, batch {bs}", "runner", key="stream-block",
+                     exit=exit, budget="2layers", precision=prec, mode="block", batch_size=bs, **base),
+             RowSpec(f"7 nanotrt {prec} {exit} @all, batch {bs}", "runner", key="block-all", exit=exit,
+                     precision=prec, mode="block", batch_size=bs, **base)]
+    return rows
+
+
+def skip_reason(spec: RowSpec, m: Manifest) -> str | None:
+    """None when the artifact can run ``spec``; else the command that makes it able to."""
+    if spec.kind.startswith("torch") and not m.data.get("checkpoint"):
+        return "export with the PyTorch checkpoint kept: `nanotrt export CKPT -o ART --torch-reference`"
+    if spec.kind == "ort-whole" and "whole" not in m.graphs:
+        return "export the one-graph baseline too: `nanotrt export CKPT -o ART --whole`"
+    if spec.kind == "ort-whole" and spec.graph not in m.graphs:
+        return "build the INT8 one-graph baseline: `nanotrt build ART --int8 --calib-task TASK`"
+    if spec.kind == "runner" and spec.variant is not None and spec.variant not in m.variants:
+        return f"build the {spec.variant} variant: `nanotrt build ART`"
+    return None
+
+
 def row(results: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     return next((r for r in results if r.get("key") == key), None)
 
@@ -104,14 +141,15 @@ def row(results: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
 def add_ratios(results: list[dict[str, Any]], sweeps: dict[str, list[dict[str, Any]]]) -> None:
     """``wall_speedup``: throughput against PyTorch eager at full depth (batched rows: batched eager).
     ``vs_ort``: batch-1 rows against the ORT one-graph row of the same precision (FP32, or dynamic INT8)."""
-    eager, eager_b = row(results, "torch-full"), row(results, "b-torch-full")
+    # Without the checkpoint (no eager rows) speedups are against the first row measured.
+    eager = row(results, "torch-full") or results[0]
+    eager_b = row(results, "b-torch-full") or next((r for r in results if r["key"].startswith("b-")), eager)
     ort = {r["precision"]: r for r in results if r["key"].startswith("ort-whole")}
     for r in [*results, *(p for pts in sweeps.values() for p in pts)]:
-        ref = eager_b if r.get("batch_size", 1) > 1 else eager
-        assert ref is not None
+        ref = eager_b if r.get("batch_size", 1) > 1 and r.get("mode") != "block" else eager
         r["wall_speedup"] = r["throughput"] / ref["throughput"]
         base = ort.get(r.get("precision", "fp32"))
-        r["vs_ort"] = r["throughput"] / base["throughput"] if base and r.get("batch_size", 1) == 1 else None
+        r["vs_ort"] = r["throughput"] / base["throughput"] if base and (r.get("batch_size", 1) == 1 or r.get("mode") == "block") else None
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -130,15 +168,12 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
     if len(m.labels) != t.num_labels:
         raise NanotrtError(f"artifact '{art}' has {len(m.labels)} labels but {t.name} has {t.num_labels}: "
                            "use an artifact trained for this task")
-    if "whole" not in m.graphs or not m.data.get("checkpoint"):
-        raise NanotrtError(f"artifact '{art}' lacks the one-graph baseline or checkpoint: export it with "
-                           "`nanotrt export CKPT -o ART --whole`")
     # The artifact's calibrated default (chosen on held-out train rows) unless --exit: its dev metric here
     # is then an honest one.
     exit_source = "--exit" if exit else ("calibrated default_exit" if m.data.get("default_exit") else "built-in default")
-    exit = exit or m.data.get("default_exit") or DEFAULT_EXIT[m.task_type]
+    exit = exit or m.data.get("default_exit") or default_exit(m.task_type, m.num_layers)
     int8s = m.variant_choices("int8")  # best first (the runner's rule), e.g. ort-int8, ort-int8-dynamic
-    if int8s and WHOLE_INT8 not in m.graphs:
+    if int8s and "whole" in m.graphs and WHOLE_INT8 not in m.graphs:
         raise NanotrtError(f"artifact '{art}' lacks the INT8 one-graph baseline: run `nanotrt build {art} --int8 "
                            f"--calib-task {t.name}` (builds only what is missing)")
     report: dict[str, Any] = {"task": t.name, "artifact": str(art), "exit": exit, "exit_source": exit_source,
@@ -150,6 +185,11 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
         base: dict[str, Any] = {"artifact": str(art), "task": name, "data_dir": data_dir, "limit": limit,
                                 "threads": threads}
         rows = bench_rows(exit, budget, batch_size, int8s, base)
+        if budget == "all":  # before the batched rows
+            at = next((i for i, r in enumerate(rows) if r.key.startswith("b-")), len(rows))
+            rows[at:at] = runtime_rows(exit, batch_size, bool(int8s), report["variants"]["fp32"], base)
+        skipped = [{"row": r.name, "enable": why} for r in rows if (why := skip_reason(r, m)) is not None]
+        rows = [r for r in rows if skip_reason(r, m) is None]
         results: list[dict[str, Any]] = []
         with progress() as bar:
             job = bar.add_task(f"bench {name}", total=len(rows) + (2 if sweep else 0), info="")
@@ -171,7 +211,7 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
         add_ratios(results, sweeps)
         task_metrics = list(get_task(name).metrics)
         report["results"][name] = {"metric": task_metrics[0], "metrics": task_metrics, "rows": results,
-                                   "sweeps": sweeps}
+                                   "sweeps": sweeps, "skipped": skipped}
     if out:
         write_report(report, Path(out))
     return report
@@ -202,6 +242,8 @@ def print_table(report: dict[str, Any]) -> None:
                           _fmt_bytes(r["peak_rss_bytes"]), _fmt_bytes(r.get("engine_peak_bytes")),
                           f"{r.get('load_s', 0):.2f}")
         table_console.print(table)
+        for sk in res.get("skipped", []):
+            table_console.print(f"skipped: {sk['row']} -- {sk['enable']}")
 
 
 def _main_note(task: str, names: list[str]) -> str:
@@ -214,8 +256,9 @@ def _summary_lines(name: str, res: dict[str, Any]) -> list[str]:
     """One line per task: both metrics where GLUE has two, speed against eager and against the ORT one
     graph at the same precision (FP32; dynamic INT8)."""
     rows, names = res["rows"], res["metrics"]
-    full, fp32, int8 = row(rows, "torch-full"), row(rows, "exit-fp32"), row(rows, "exit-int8")
-    assert full is not None and fp32 is not None
+    full, fp32, int8 = row(rows, "torch-full") or rows[0], row(rows, "exit-fp32"), row(rows, "exit-int8")
+    if fp32 is None:
+        return []
 
     def pair(a: Any, b: Any, fmt: Any) -> str:
         return f"{fmt(a)} / {fmt(b)}" if int8 is not None else fmt(a)
@@ -249,14 +292,19 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += [f"## {name} ({', '.join(names)})", "", _main_note(name, names) + ".", "",
                   *_summary_lines(name, res), "",
                   "| row | variant | " + " | ".join(names) + " | avg exit layer | layer speedup | wall speedup vs "
-                  "row 1 | vs ORT one graph | p50 ms | p95 ms | ex/s | peak RSS | peak engines | load s |",
-                  "|---" * (12 + len(names)) + "|"]
+                  "row 1 | vs ORT one graph | p50 ms | p95 ms | ex/s | peak RSS | peak engines | peak activations | load s |",
+                  "|---" * (13 + len(names)) + "|"]
         for r in res["rows"]:
             lines.append(f"| {r['row']} | {r.get('variant', '-')} | {' | '.join(_metrics(r, names))} | "
                          f"{r['avg_exit_layer']:.2f} | {r['layer_speedup']:.2f} | {r['wall_speedup']:.2f} | "
                          f"{_x(r.get('vs_ort'))} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['throughput']:.1f} | "
                          f"{_fmt_bytes(r['peak_rss_bytes'])} | {_fmt_bytes(r.get('engine_peak_bytes'))} | "
-                         f"{r.get('load_s', 0):.2f} |")
+                         f"{_fmt_bytes(r.get('activation_peak_bytes'))} | {r.get('load_s', 0):.2f} |")
+        if res.get("skipped"):
+            lines += ["", "Skipped (the artifact lacks what they need):", ""]
+            lines += [f"- {sk['row']}: {sk['enable']}" for sk in res["skipped"]]
+        lines += ["", "Rows 7 walk the whole split in one `predict(mode=\"block\")` call (layer-major under the "
+                  "budget); their p50/p95 are the mean time per example."]
         for variant, pts in res["sweeps"].items():
             lines += ["", f"Sweep ({variant}):", "", "| exit | " + " | ".join(names)
                       + " | avg exit | wall speedup | vs ORT one graph |", "|---" * (4 + len(names)) + "|"]
@@ -274,8 +322,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, res in report["results"].items():
-        full = row(res["rows"], "torch-full")
-        assert full is not None
+        full = row(res["rows"], "torch-full") or res["rows"][0]
         ax.axhline(100 * full["metric"], ls="--", lw=0.8, color="gray")
         for variant, pts in res["sweeps"].items():
             for fam in ("patience", "entropy", "depth"):

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from nanotrt.runtime.artifact import Manifest, Schedule
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.progress import console, progress
@@ -24,7 +25,7 @@ INT8_TOLERANCE = 0.10
 BUILDER_VERSION = 6  # part of each variant's options: a newer builder rebuilds instead of "up to date"
 
 
-def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool) -> list[str]:
+def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool, fused: bool = False) -> list[str]:
     prefix = "ort" if backend == "onnxruntime" else "trt"
     names = [f"{prefix}-fp32"] if backend == "onnxruntime" else []
     if fp16:
@@ -35,6 +36,8 @@ def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool) -> list[
         names.append("ort-int8-dynamic")
     if backend == "tensorrt" and not (fp16 or int8):
         names.append("trt-fp32")
+    if fused and backend == "onnxruntime":  # products of the variants above: built after them
+        names += [f"{n}-fused" for n in names if n in ("ort-fp32", "ort-int8")]
     return names
 
 
@@ -96,7 +99,7 @@ def _ort_offline_optimize(path: Path) -> None:
 def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False, int8: bool = False,
           calib_task: str | None = None, calib_size: int = 512, calib_method: str = "minmax",
           data_dir: str | Path | None = None, int8_tolerance: float = INT8_TOLERANCE, dynamic: bool = False,
-          trt_options: dict[str, Any] | None = None) -> list[str]:
+          trt_options: dict[str, Any] | None = None, fused: bool = False) -> list[str]:
     """Build the requested variants into ``artifact``; returns the variant names now present."""
     m = Manifest.load(artifact)
     if backend not in ("onnxruntime", "tensorrt"):
@@ -112,20 +115,23 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
     trt_mod: Any = None
     if backend == "tensorrt":
         trt_mod, trt_options = _trt_setup(m, trt_options)
-    variants = _variant_names(backend, fp16, int8, dynamic)
+    variants = _variant_names(backend, fp16, int8, dynamic, fused)
     calib = None
     built: list[str] = []
     for variant in variants:
         options = {"builder": BUILDER_VERSION, "calib_task": calib_task, "calib_size": calib_size, "calib_method": calib_method,
                    "int8_tolerance": int8_tolerance, **(trt_options or {})} if "int8" in variant else {
             "builder": BUILDER_VERSION, **(trt_options or {})}
+        if variant.endswith("-fused"):  # rebuilt whenever the variant it fuses was
+            options = {"builder": BUILDER_VERSION, "from": m.data["variants"][variant[:-6]].get("dir")}
         if _up_to_date(m, variant, options):
             console.print(f"{variant}: up to date")
             built.append(variant)
             continue
         # Dynamic INT8 too when there is a task: its per-graph error is measured on it (without one, as in
         # `nanotrt build --dynamic` alone, it needs no data).
-        if "int8" in variant and calib is None and (variant != "ort-int8-dynamic" or calib_task):
+        if ("int8" in variant and not variant.endswith("-fused") and calib is None
+                and (variant != "ort-int8-dynamic" or calib_task)):
             from nanotrt.calibration.readers import collect
             from nanotrt.pipeline.glue import read_split
 
@@ -206,6 +212,8 @@ def _build_whole_int8(m: Manifest, calib_task: str, data_dir: str | Path | None)
 def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_method: str,
                    tolerance: float, trt_mod: Any, trt_options: dict[str, Any]
                    ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
+    if variant.endswith("-fused"):
+        return _build_fused(m, variant, out)
     from nanotrt.calibration.quantize import quantize_dynamic_int8, quantize_static_qdq, relative_error
 
     base = m.schedule("fp32")
@@ -343,3 +351,102 @@ def _build_trt_unit(m: Manifest, unit: str, precision: str, out: Path, calib: An
     if unit in errors:
         fields["rel_error"] = errors[unit]
     return plan.name, fields
+
+
+# --- fused layer + ramp ----------------------------------------------------------------------
+
+FUSED_ATOL = 1e-5  # a fused graph runs the same kernels on the same weights as its two parts
+
+
+def fuse_layer_ramp(layer: Path, ramp: Path, dst: Path) -> None:
+    """One graph computing layer i and its ramp: (hidden_states, attention_mask) -> (hidden_states_out,
+    logits). Saves a session call per layer (benchmarks/results/ort_load_options.md, per-call overhead).
+    The ramp's names get a prefix; its inputs bind to the layer's output and the shared mask."""
+    import onnx
+
+    lay, rmp = onnx.load(str(layer)), onnx.load(str(ramp))
+    outputs = [o.name for o in rmp.graph.output]  # logits, and exit_prob for halting-head ramps
+    bind = {"hidden_states": "hidden_states_out", "attention_mask": "attention_mask", "": "", **{o: o for o in outputs}}
+
+    def name(x: str) -> str:
+        return bind.get(x, f"ramp/{x}")
+
+    for node in rmp.graph.node:
+        node.name = f"ramp/{node.name}"
+        node.input[:] = [name(x) for x in node.input]
+        node.output[:] = [name(x) for x in node.output]
+    for init in rmp.graph.initializer:
+        init.name = name(init.name)
+    for vi in rmp.graph.value_info:
+        vi.name = name(vi.name)
+    g = lay.graph
+    have = {i.name for i in g.input}
+    g.input.extend(i for i in rmp.graph.input if i.name == "attention_mask" and i.name not in have)
+    g.node.extend(rmp.graph.node)
+    g.initializer.extend(rmp.graph.initializer)
+    g.value_info.extend(rmp.graph.value_info)
+    g.output.extend(rmp.graph.output)
+    versions = {o.domain: o.version for o in lay.opset_import}
+    for o in rmp.opset_import:
+        versions[o.domain] = max(versions.get(o.domain, 0), o.version)
+    del lay.opset_import[:]
+    lay.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
+    lay.ir_version = max(lay.ir_version, rmp.ir_version)
+    onnx.save(lay, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=dst.name + ".data", size_threshold=1024)
+
+
+def _check_fused(fused: Path, layer: Path, ramp: Path, hidden: int) -> float:
+    """Max abs difference of the fused graph against its two parts on a random padded batch."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((2, 7, hidden)).astype(np.float32)
+    mask = np.array([[1] * 7, [1] * 4 + [0] * 3], np.int64)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+
+    def run(p: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        sess = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        return sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})
+
+    h_out, logits = run(fused, {"hidden_states": h, "attention_mask": mask})[:2]
+    ref_h = run(layer, {"hidden_states": h, "attention_mask": mask})[0]
+    ref_l = run(ramp, {"hidden_states": ref_h, "attention_mask": mask})[0]
+    return float(max(np.abs(h_out - ref_h).max(), np.abs(logits - ref_l).max()))
+
+
+def _build_fused(m: Manifest, variant: str, out: Path) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
+    """``<v>-fused``: variant ``<v>``'s layer i and ramp i as one graph (its embeddings copied as they are)."""
+    src_variant = variant[: -len("-fused")]
+    base = m.schedule(src_variant)
+    graphs: dict[str, tuple[str, dict[str, Any]]] = {}
+    emb = m.graphs[base.embeddings]
+    for f in [emb["file"], *([emb["data"]["file"]] if "data" in emb else [])]:
+        shutil.copy2(m.root / f, out / Path(f).name)
+    keep = ("role", "index", "inputs", "outputs", "precision", "format", "ort_optimized")
+    graphs[f"{variant}/embeddings"] = (Path(emb["file"]).name, {k: emb[k] for k in keep if k in emb})
+    names: list[str] = []
+    worst = 0.0
+    with progress() as bar:
+        job = bar.add_task(f"build {variant}", total=m.num_layers, info="")
+        for i, (lay, ramp) in enumerate(zip(base.layers, base.ramps, strict=True)):
+            bar.update(job, info=f"layer {i}")
+            dst = out / f"fused_{i:02d}.onnx"
+            fuse_layer_ramp(m.verify(lay), m.verify(ramp), dst)
+            worst = max(worst, _check_fused(dst, m.path(lay), m.path(ramp), int(m.data["hidden_size"])))
+            entry, r_entry = m.graphs[lay], m.graphs[ramp]
+            precision = entry["precision"] if entry["precision"] == r_entry["precision"] else "mixed"
+            graphs[f"{variant}/fused_{i:02d}"] = (dst.name, {
+                "role": "layer+ramp", "index": i, "inputs": entry["inputs"],
+                "outputs": entry["outputs"] + r_entry["outputs"], "precision": precision, "format": "onnx",
+                "ort_optimized": entry.get("ort_optimized")})
+            names.append(f"{variant}/fused_{i:02d}")
+            bar.advance(job)
+    if worst > FUSED_ATOL:
+        raise NanotrtError(f"fused graphs of {src_variant} differ from their parts by {worst:.2e} "
+                           f"(> {FUSED_ATOL}): report this as a nanotrt bug")
+    sched = Schedule(f"{variant}/embeddings", names, names)
+    info = m.data["variants"][src_variant]
+    return graphs, sched, {"backend": "onnx", "precision": info.get("precision"), "fused_from": src_variant,
+                           "summary": f"max abs diff vs unfused {worst:.1e}"}

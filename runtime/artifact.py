@@ -33,9 +33,9 @@ MANIFEST = "manifest.json"
 # static QDQ build (calibrated, graphs over the error tolerance kept in FP32) before ORT dynamic.
 # Precision is never changed silently: a precision the artifact lacks is an error naming the build.
 VARIANT_PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
-    ("onnxruntime", "fp32"): ("ort-fp32", "fp32"),
+    ("onnxruntime", "fp32"): ("ort-fp32-fused", "ort-fp32", "fp32"),  # fused: one call per layer, same logits
     ("onnxruntime", "fp16"): ("ort-fp16",),
-    ("onnxruntime", "int8"): ("ort-int8", "ort-int8-dynamic"),
+    ("onnxruntime", "int8"): ("ort-int8-fused", "ort-int8", "ort-int8-dynamic"),
     ("tensorrt", "fp32"): ("trt-fp32",),
     ("tensorrt", "fp16"): ("trt-fp16",),
     ("tensorrt", "int8"): ("trt-int8",),

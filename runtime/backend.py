@@ -1,8 +1,8 @@
 """The small interface every backend implements (Polygraphy's loader/runner split), and their registry.
 
-``load`` turns a manifest graph entry into an engine (verifying the file), ``run`` executes it on numpy
-feeds, ``release`` frees it, ``resident_bytes`` says what it holds; ``configure`` and ``close`` are
-optional hooks. The runner never knows which backend it drives.
+Three calls: ``load`` turns a manifest graph entry into an engine (verifying the file; the engine's bytes are
+the manifest's, which is what the residency cache budgets), ``run`` executes it on numpy feeds, ``release``
+frees it. ``configure`` and ``close`` are optional hooks. The runner never knows which backend it drives.
 
 Backends live in ``nanotrt.engines`` (device side) and ``nanotrt.pipeline.torch_backend`` (the eager
 reference, offline side); the registry names them by module path and imports them on first use, so the
@@ -34,9 +34,6 @@ class Backend(ABC):
     @abstractmethod
     def release(self, engine: Any) -> None: ...
 
-    def resident_bytes(self, engine: Any) -> int:
-        return int(engine.nbytes)
-
     def variant_for(self, precision: str) -> str:
         """The manifest variant this backend runs at ``precision`` (fp32 exported graphs by default)."""
         return "fp32" if precision == "fp32" else f"ort-{precision}"
@@ -47,7 +44,8 @@ class Backend(ABC):
         return 0
 
     def configure(self, swapping: bool) -> None:  # noqa: B027 - optional hook
-        """Told by the runner whether engines will be swapped (budget below the model) or stay resident."""
+        """Told by the runner whether engines will be swapped (budget below the model) or stay resident: a
+        swapped engine must hold no more than its manifest bytes."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

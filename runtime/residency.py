@@ -5,8 +5,12 @@ batch). Eviction follows Belady: drop the resident graph whose next use is farth
 (for a cyclic scan larger than the cache this keeps a stable prefix resident, where LRU would miss on
 every access). A prefetch only evicts graphs needed later than the one it loads.
 
-Invariants: bytes of resident + in-flight engines never exceed the budget; a graph in use is never
-released; a graph being prefetched is never run before its load finished (callers wait on its future).
+The budget covers engines AND the activations the runner holds: the runner reserves its block's activation
+bytes (``reserve_activations``) before walking it, and engines get what is left.
+
+Invariants: bytes of resident + in-flight engines + reserved activations never exceed the budget; a graph in
+use is never released; a graph being prefetched is never run before its load finished (callers wait on its
+future).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ class CacheStats:
     bytes_loaded: int = 0
     load_s: float = 0.0  # time spent loading, foreground and background
     wait_s: float = 0.0  # time the runner was blocked on loads (what prefetch hides)
-    peak_resident_bytes: int = 0
+    peak_resident_bytes: int = 0  # engines
+    peak_activation_bytes: int = 0  # activations reserved by the runner
+    peak_total_bytes: int = 0  # engines + activations at the same moment: what the budget bounds
     prefetches: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -57,6 +63,7 @@ class ResidencyCache:
         self.length = len(order)
         self.cursor = 0
         self.slots: dict[str, _Slot] = {}
+        self.activation_bytes = 0
         self.stats = CacheStats()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanotrt-prefetch") if prefetch else None
@@ -73,6 +80,12 @@ class ResidencyCache:
     def resident_bytes(self) -> int:
         return sum(s.nbytes for s in self.slots.values())
 
+    def _note_peaks(self) -> None:
+        st, engines = self.stats, self.resident_bytes
+        st.peak_resident_bytes = max(st.peak_resident_bytes, engines)
+        st.peak_activation_bytes = max(st.peak_activation_bytes, self.activation_bytes)
+        st.peak_total_bytes = max(st.peak_total_bytes, engines + self.activation_bytes)
+
     def _distance(self, name: str) -> int:
         """Steps from the cursor to the next use of ``name`` in the cyclic walk."""
         return min((p - self.cursor) % self.length for p in self.positions[name])
@@ -84,7 +97,7 @@ class ResidencyCache:
             return True
         idle = [n for n, s in self.slots.items() if s.in_use == 0 and s.future is None]
         idle.sort(key=self._distance, reverse=True)
-        free = self.budget - self.resident_bytes
+        free = self.budget - self.activation_bytes - self.resident_bytes
         victims = []
         for n in idle:
             if free >= need:
@@ -131,7 +144,7 @@ class ResidencyCache:
                 if not self._make_room(self.sizes[name], None):
                     raise NanotrtError("memory budget exhausted by engines in use: raise --memory-budget")
                 slot = self.slots[name] = _Slot(self.sizes[name])
-                self.stats.peak_resident_bytes = max(self.stats.peak_resident_bytes, self.resident_bytes)
+                self._note_peaks()
                 slot.in_use += 1
                 try:
                     slot.engine = self._load(name)
@@ -161,6 +174,27 @@ class ResidencyCache:
             if slot is not None and slot.in_use > 0:
                 slot.in_use -= 1
 
+    def reserve_activations(self, nbytes: int) -> None:
+        """Set the activation bytes the runner holds from now on, evicting idle engines (farthest next use
+        first, after in-flight prefetches land) so that engines + activations fit the budget."""
+        while True:
+            with self._lock:
+                if self.budget is None or nbytes + self.resident_bytes <= self.budget:
+                    self.activation_bytes = nbytes
+                    self._note_peaks()
+                    return
+                old, self.activation_bytes = self.activation_bytes, nbytes
+                ok = self._make_room(0, None)
+                if ok:
+                    self._note_peaks()
+                    return
+                self.activation_bytes = old
+                pending = [s.future for s in self.slots.values() if s.future is not None]
+            if not pending:
+                raise NanotrtError(f"memory budget {fmt_bytes(self.budget)} cannot hold {fmt_bytes(nbytes)} of "
+                                   "activations next to the engines in use: raise --memory-budget or lower the batch size")
+            wait(pending)
+
     def prefetch(self, pos: int) -> None:
         """Start loading the engine of step ``pos`` in the background if the budget allows without
         evicting anything that is needed sooner. Never blocks."""
@@ -173,7 +207,7 @@ class ResidencyCache:
             if not self._make_room(self.sizes[name], horizon=self._distance(name)):
                 return
             slot = self.slots[name] = _Slot(self.sizes[name])
-            self.stats.peak_resident_bytes = max(self.stats.peak_resident_bytes, self.resident_bytes)
+            self._note_peaks()
             self.stats.prefetches += 1
             slot.future = self._pool.submit(self._prefetch_job, name, slot)
 

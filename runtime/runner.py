@@ -1,6 +1,13 @@
 """The streaming runner: walks the per-layer engines of an artifact under a memory budget, runs each
 layer's off-ramp, asks the exit policy, and compacts the batch so finished samples stop computing.
 
+Two schedules over the same walk (embeddings, layer(0), ramp(0), layer(1), ...):
+- latency: one micro-batch at a time walks every layer (a single request, or everything resident);
+- block (FlexGen's layer-major order): a block of up to K examples, in micro-batches of ``batch_size``,
+  runs layer i for every micro-batch still active before layer i+1 is touched, so one engine load serves the
+  whole block. K is the largest block whose activations fit the budget next to the largest graph.
+Both give the same predictions (each micro-batch is computed exactly as in the latency path).
+
 Device-side: imports numpy, tokenizers and the chosen backend only (no torch, no transformers).
 """
 
@@ -10,7 +17,8 @@ import functools
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +30,9 @@ from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.exits import ExitPolicy, StepContext, bind_policy, parse_exit, softmax
 from nanotrt.runtime.residency import ResidencyCache, fmt_bytes, parse_size
 from nanotrt.runtime.tokenize import Tokenizer
+
+MODES = ("auto", "latency", "block")
+MAX_BLOCK = 512  # examples per block when the budget would allow more: loads are amortized long before
 
 
 @dataclass
@@ -42,11 +53,22 @@ class RunStats:
     compute_s: float = 0.0
     wall_s: float = 0.0
     cache: dict[str, Any] = field(default_factory=dict)
+    mode: str = "latency"  # the schedule predict() used: latency or block
+    blocks: int = 0  # blocks (latency mode: micro-batches) walked
+    max_block: int = 0  # most examples walked together
     variant: str = ""  # the manifest variant that ran
 
     @property
     def avg_exit_layer(self) -> float:
         return self.layers_executed / max(self.samples, 1)
+
+    @property
+    def peak_engine_bytes(self) -> int:
+        return int(self.cache.get("peak_resident_bytes", 0))
+
+    @property
+    def peak_activation_bytes(self) -> int:
+        return int(self.cache.get("peak_activation_bytes", 0))
 
 
 @dataclass
@@ -62,19 +84,75 @@ class Result:
         return np.array([p.label_id for p in self.predictions])
 
 
+@dataclass(frozen=True)
+class Activations:
+    """Upper estimate of the activation bytes the runtime holds, from the model's shape.
+
+    held: what the runner keeps per token of a waiting example (hidden states fp32, mask and ids int64).
+    working: what one engine call allocates on top, per micro-batch (QKV, context, residual and LayerNorm
+    outputs, the FFN intermediate before and after its activation, three copies of the attention scores)."""
+
+    hidden: int
+    intermediate: int
+    heads: int
+
+    @classmethod
+    def from_manifest(cls, m: Manifest) -> Activations:
+        cfg, h = m.data.get("config", {}), int(m.data["hidden_size"])
+        inter = cfg.get("intermediate_size") or cfg.get("hidden_dim") or 4 * h
+        return cls(h, int(inter), int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 1))
+
+    def held(self, rows: int, seq: int) -> int:
+        return rows * seq * (4 * self.hidden + 32)
+
+    def working(self, rows: int, seq: int) -> int:
+        return 4 * rows * seq * (7 * self.hidden + 2 * self.intermediate) + 12 * rows * self.heads * seq * seq
+
+    def block(self, sizes: Sequence[tuple[int, int]]) -> int:
+        """A block of micro-batches given as (rows, seq): all of them held, the largest one working."""
+        return sum(self.held(b, s) for b, s in sizes) + max(self.working(b, s) for b, s in sizes)
+
+
 def resolve_budget(text: str | int | None, manifest: Manifest, variant: str, reserved: int = 0) -> int | None:
-    """``all`` / None -> unlimited; ``3layers`` -> room for 3 of the largest layer graphs plus the backend's
-    fixed working set (``reserved``); else bytes, the working set included."""
+    """``all`` / None -> unlimited; ``3layers`` -> room for 3 of the largest graphs of the variant
+    (embeddings included) plus one example's activations at full length plus the backend's fixed working set
+    (``reserved``: TensorRT scratch and I/O buffers); else bytes, all of that included."""
     if text is None or (isinstance(text, str) and text.strip().lower() in ("all", "", "none")):
         return None
     if isinstance(text, int):
         return text
     m = re.fullmatch(r"\s*(\d+)\s*layers?\s*", text.lower())
+    if m and int(m.group(1)) < 1:
+        raise NanotrtError(f"memory budget '{text}' holds no graph: use at least 1layer")
     if m:
-        sched = manifest.schedule(variant)
-        biggest = max(int(manifest.graphs[n]["bytes"]) for n in sched.layers)
-        return int(m.group(1)) * biggest + reserved
+        biggest = max(int(manifest.graphs[n]["bytes"]) for n in manifest.schedule(variant).names())
+        seq = int(manifest.tokenizer.get("max_length", 128))
+        return int(m.group(1)) * biggest + Activations.from_manifest(manifest).block([(1, seq)]) + reserved
     return parse_size(text)
+
+
+@dataclass
+class _Batch:
+    """One tokenized micro-batch walking the layers; rows leave as they exit."""
+
+    offset: int  # index of its first example in the result arrays
+    enc: dict[str, np.ndarray]
+    active: np.ndarray  # rows still running (indices into this micro-batch)
+    state: dict[str, np.ndarray]  # exit-policy state
+    hidden: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # other ramp outputs (e.g. exit_prob)
+    started: float = 0.0  # perf_counter() before its embeddings: the deadline rule's clock starts here
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        assert self.hidden is not None and self.mask is not None, "embeddings run first"
+        return {"hidden_states": self.hidden, "attention_mask": self.mask}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        ids = self.enc["input_ids"]
+        return (len(self.active), ids.shape[1] if self.mask is None else self.mask.shape[1])
 
 
 # --- thread safety (issue 14) ------------------------------------------------------------------
@@ -112,25 +190,31 @@ class Runner:
         self.labels = manifest.labels
         lookup = manifest.data.get("lookup")
         self.word_table = np.load(manifest.verify(lookup), mmap_mode="r") if lookup else None
-        # Walk order: embeddings, layer 0, ramp 0, layer 1, ramp 1, ...
+        # A fused variant (`nanotrt build --fused`) names one graph for layer i and its ramp: one call per layer.
+        self.fused = all(lay == ramp for lay, ramp in zip(self.schedule.layers, self.schedule.ramps, strict=True))
         order = [self.schedule.embeddings]
         for lay, ramp in zip(self.schedule.layers, self.schedule.ramps, strict=True):
-            order += [lay, ramp]
+            order += [lay] if self.fused else [lay, ramp]
+        self.acts = Activations.from_manifest(manifest)
         self.reserved = backend.reserve(manifest, self.schedule.names())  # e.g. TensorRT scratch + I/O
         self.budget = resolve_budget(memory_budget, manifest, self.variant, self.reserved)
-        engines = None if self.budget is None else self.budget - self.reserved
-        if engines is not None and self.reserved and engines < max(int(manifest.graphs[n]["bytes"]) for n in order):
-            biggest = max(int(manifest.graphs[n]["bytes"]) for n in order)
+        sizes = {name: int(manifest.graphs[name]["bytes"]) for name in order}
+        self.largest = max(sizes.values())
+        # Engines get swapped when the budget cannot hold all of them next to one full-length example.
+        full = self.acts.block([(1, self.tokenizer.max_length)])
+        self.streaming = self.budget is not None and self.budget < sum(sizes.values()) + full + self.reserved
+        if self.budget is not None and self.budget < self.reserved + self.largest + self.acts.block([(1, 1)]):
             backend.close()
-            raise NanotrtError(
-                f"memory budget {fmt_bytes(self.budget or 0)} is smaller than the backend's working set "
-                f"({fmt_bytes(self.reserved)}: scratch and I/O buffers) plus the largest graph "
-                f"({fmt_bytes(biggest)}): use at least {fmt_bytes(self.reserved + biggest)}")
+            raise NanotrtError(f"memory budget {fmt_bytes(self.budget)} is smaller than the largest graph plus "
+                               f"activations plus the backend's working set ({fmt_bytes(self.reserved)}: scratch "
+                               f"and I/O buffers): use at least {fmt_bytes(self._minimum(self.tokenizer.max_length))} "
+                               f"(1layer: any input up to {self.tokenizer.max_length} tokens)")
+        # The cache budgets engines and activations; the backend's fixed working set comes off the top.
+        engines = None if self.budget is None else self.budget - self.reserved
         self.cache = ResidencyCache(backend, manifest, order, engines, prefetch=prefetch)
-        total = sum(self.cache.sizes.values())
-        backend.configure(swapping=self.budget is not None and self.budget < total)
-        emb_inputs = [i["name"] for i in manifest.graphs[self.schedule.embeddings]["inputs"]]
-        self._emb_inputs = emb_inputs
+        self._emb_inputs = [i["name"] for i in manifest.graphs[self.schedule.embeddings]["inputs"]]
+        self._amortized: bool | None = None
+        self._configure(amortized=False)
 
     def _bind_exit(self, manifest: Manifest, backend: Backend) -> None:
         """Ramp outputs the policy reads must exist; a deadline rule gets this device's profile."""
@@ -151,15 +235,106 @@ class Runner:
     def describe_budget(self) -> str:
         return "all" if self.budget is None else fmt_bytes(self.budget)
 
-    # --- running ---------------------------------------------------------------------------
-    def _run(self, pos: int, feeds: dict[str, np.ndarray], prefetch: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+    def _configure(self, amortized: bool) -> None:
+        """Tell the backend that engines are swapped. Even when a block amortizes the loads, a swapped engine
+        must hold no more than its manifest bytes: ORT's prepacked weight copies would overrun the budget
+        (block mode measured 312 MB peak RSS with prepacking vs 239 MB for the same budget without)."""
+        if amortized != self._amortized:
+            self._amortized = amortized
+            self.backend.configure(swapping=self.streaming)
+
+    # --- positions in the walk -------------------------------------------------------------
+    EMBEDDINGS = 0
+
+    def layer(self, i: int) -> int:
+        return 1 + i if self.fused else 1 + 2 * i
+
+    def ramp(self, i: int) -> int:
+        return self.layer(i) if self.fused else 2 + 2 * i
+
+    @contextmanager
+    def _engine(self, pos: int, prefetch: tuple[int, ...] = ()) -> Iterator[Any]:
         engine = self.cache.acquire(pos)
         try:
             for p in prefetch:  # load the next graphs while this one computes
                 self.cache.prefetch(p)
-            return self.backend.run(engine, feeds)
+            yield engine
         finally:
             self.cache.release(pos)
+
+    # --- the walk --------------------------------------------------------------------------
+    def _embed(self, batches: list[_Batch], stats: RunStats) -> None:
+        t0 = time.perf_counter()
+        for b in batches:
+            b.started = t0
+        with self._engine(self.EMBEDDINGS, prefetch=(self.layer(0), self.ramp(0))) as eng:
+            for b in batches:
+                feeds = {"input_ids": b.enc["input_ids"], "token_type_ids": b.enc["token_type_ids"]}
+                if self.word_table is not None:
+                    feeds["inputs_embeds"] = np.ascontiguousarray(self.word_table[b.enc["input_ids"]], dtype=np.float32)
+                b.hidden = self.backend.run(eng, {k: feeds[k] for k in self._emb_inputs})["hidden_states"]
+                b.mask = b.enc["attention_mask"].astype(np.int64)
+        stats.compute_s += time.perf_counter() - t0
+
+    def _run_layer(self, i: int, live: list[_Batch]) -> None:
+        """Layer i (and its ramp) for every live micro-batch, each engine acquired once for all of them."""
+        after = (self.layer(i + 1),) if i + 1 < self.n else (self.EMBEDDINGS,)  # next batch's embeddings
+        with self._engine(self.layer(i), prefetch=(self.ramp(i), *after)) as eng:
+            for b in live:
+                out = self.backend.run(eng, b.feeds())
+                b.hidden = out.pop("hidden_states_out")
+                b.logits, b.extras = out.pop("logits", None), out
+        if not self.fused:
+            with self._engine(self.ramp(i), prefetch=after) as eng:
+                for b in live:
+                    out = self.backend.run(eng, b.feeds())
+                    b.logits, b.extras = out.pop("logits"), out
+
+    def _exit(self, i: int, b: _Batch, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Record ramp i's logits, ask the policy, drop the rows that stop (and padding no row needs)."""
+        out_logits, out_layer, ramp_logits = out
+        logits, rows = b.logits, b.offset + b.active
+        assert logits is not None and b.hidden is not None and b.mask is not None
+        ramp_logits[rows, i] = logits
+        ctx = StepContext(b.extras, b.mask.shape[1], b.started)
+        stop = np.ones(len(b.active), bool) if i == self.n - 1 else self.policy.step(b.state, i, logits, b.active, ctx)
+        if stop.any():
+            out_logits[rows[stop]] = logits[stop]
+            out_layer[rows[stop]] = i + 1
+            keep = ~stop
+            b.active, b.hidden, b.mask = b.active[keep], b.hidden[keep], b.mask[keep]
+            if len(b.active):
+                # Right padding: drop columns no remaining row needs, so later layers do less work.
+                width = int(b.mask.sum(1).max())
+                b.hidden, b.mask = np.ascontiguousarray(b.hidden[:, :width]), np.ascontiguousarray(b.mask[:, :width])
+
+    def _walk(self, batches: list[_Batch], out: tuple[np.ndarray, np.ndarray, np.ndarray], stats: RunStats) -> None:
+        """Walk a block of micro-batches layer by layer (a single micro-batch is the latency path)."""
+        self.cache.reserve_activations(self.acts.block([b.shape for b in batches]))
+        stats.blocks += 1
+        stats.max_block = max(stats.max_block, sum(len(b.active) for b in batches))
+        self._embed(batches, stats)
+        for i in range(self.n):
+            live = [b for b in batches if len(b.active)]
+            if not live:
+                break
+            t = time.perf_counter()
+            self._run_layer(i, live)
+            for b in live:
+                stats.layers_executed += len(b.active)
+                self._exit(i, b, out)
+            dt = time.perf_counter() - t
+            stats.layer_time_s[i] += dt
+            stats.compute_s += dt
+
+    def _new_batch(self, enc: dict[str, np.ndarray], offset: int) -> _Batch:
+        n = len(enc["input_ids"])
+        return _Batch(offset, enc, np.arange(n), self.policy.init(n))
+
+    @staticmethod
+    def _outputs(n: int, layers: int, labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.zeros((n, labels), dtype=np.float32), np.zeros(n, dtype=np.int64),
+                np.full((n, layers, labels), np.nan, dtype=np.float32))
 
     @_serialized
     def run_encoded(self, enc: dict[str, np.ndarray],
@@ -169,68 +344,89 @@ class Runner:
         stats = stats or RunStats()
         if len(stats.layer_time_s) < self.n:
             stats.layer_time_s = [0.0] * self.n
-        ids, mask = enc["input_ids"], enc["attention_mask"].astype(np.int64)
-        batch = ids.shape[0]
-        out_logits = np.zeros((batch, len(self.labels)), dtype=np.float32)
-        out_layer = np.zeros(batch, dtype=np.int64)
-        ramp_logits = np.full((batch, self.n, len(self.labels)), np.nan, dtype=np.float32)
-        feeds: dict[str, np.ndarray] = {"input_ids": ids, "token_type_ids": enc["token_type_ids"]}
-        if self.word_table is not None:
-            feeds["inputs_embeds"] = np.ascontiguousarray(self.word_table[ids], dtype=np.float32)
-        t0 = time.perf_counter()
-        hidden = self._run(0, {k: feeds[k] for k in self._emb_inputs}, prefetch=(1, 2))["hidden_states"]
-        stats.compute_s += time.perf_counter() - t0
-        active = np.arange(batch)
-        state = self.policy.init(batch)
-        for i in range(self.n):
-            lay, ramp = 1 + 2 * i, 2 + 2 * i
-            nxt = (ramp + 1) % len(self.cache.order)
-            t = time.perf_counter()
-            hidden = self._run(lay, {"hidden_states": hidden, "attention_mask": mask}, (ramp, nxt))["hidden_states_out"]
-            rout = self._run(ramp, {"hidden_states": hidden, "attention_mask": mask}, (nxt,))
-            logits = rout["logits"]
-            dt = time.perf_counter() - t
-            stats.layer_time_s[i] += dt
-            stats.compute_s += dt
-            stats.layers_executed += len(active)
-            ramp_logits[active, i] = logits
-            ctx = StepContext({k: v for k, v in rout.items() if k != "logits"}, mask.shape[1], t0)
-            stop = np.ones(len(active), bool) if i == self.n - 1 else self.policy.step(state, i, logits, active, ctx)
-            if stop.any():
-                out_logits[active[stop]] = logits[stop]
-                out_layer[active[stop]] = i + 1
-                keep = ~stop
-                active, hidden, mask = active[keep], hidden[keep], mask[keep]
-                if len(active) == 0:
+        out = self._outputs(len(enc["input_ids"]), self.n, len(self.labels))
+        self._configure(amortized=False)
+        self._walk([self._new_batch(enc, 0)], out, stats)
+        return out
+
+    # --- scheduling many inputs ------------------------------------------------------------
+    def _minimum(self, seq: int) -> int:
+        """The smallest budget that runs one example of ``seq`` tokens."""
+        return self.reserved + self.largest + self.acts.block([(1, seq)])
+
+    def _fits(self, sizes: list[tuple[int, int]]) -> bool:
+        return self.budget is None or self.acts.block(sizes) + self.largest + self.reserved <= self.budget
+
+    def _micro_batches(self, texts: Sequence[str], pairs: Sequence[str] | None, start: int, stop: int,
+                       batch_size: int) -> Iterator[_Batch]:
+        """Tokenized micro-batches of ``batch_size`` (halved where one would not fit the budget alone)."""
+        s = start
+        while s < stop:
+            size = min(batch_size, stop - s)
+            while True:
+                enc = self.tokenizer(texts[s:s + size], None if pairs is None else pairs[s:s + size])
+                if self._fits([enc["input_ids"].shape]):
                     break
-                # Right padding: drop columns no remaining row needs, so later layers do less work.
-                width = int(mask.sum(1).max())
-                hidden, mask = np.ascontiguousarray(hidden[:, :width]), np.ascontiguousarray(mask[:, :width])
-        return out_logits, out_layer, ramp_logits
+                if size == 1:
+                    seq = enc["input_ids"].shape[1]
+                    raise NanotrtError(f"memory budget {self.describe_budget()} cannot hold an example of {seq} "
+                                       f"tokens next to the largest graph: use at least {fmt_bytes(self._minimum(seq))}")
+                size = max(1, size // 2)
+            yield self._new_batch(enc, s)
+            s += size
+
+    def _blocks(self, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int, mode: str,
+                block_size: int | None) -> Iterator[list[_Batch]]:
+        """Latency: one micro-batch per block. Block: add micro-batches while their activations fit the budget
+        next to the largest graph, up to ``block_size`` examples."""
+        limit = block_size or MAX_BLOCK
+        block: list[_Batch] = []
+        for b in self._micro_batches(texts, pairs, 0, len(texts), batch_size):
+            if block and (mode == "latency" or sum(len(x.active) for x in block) + len(b.active) > limit
+                          or not self._fits([x.shape for x in (*block, b)])):
+                yield block
+                block = []
+            block.append(b)
+        if block:
+            yield block
+
+    def resolve_mode(self, mode: str, n: int, batch_size: int) -> str:
+        if mode not in MODES:
+            raise NanotrtError(f"unknown mode '{mode}': use {', '.join(MODES)}")
+        if mode == "auto":  # layer-major pays only when engines are swapped and there is a queue
+            return "block" if self.streaming and n > batch_size else "latency"
+        return mode
 
     @_serialized
-    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 1) -> Result:
+    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 1,
+                mode: str = "auto", block_size: int | None = None) -> Result:
+        """Classify ``texts`` (with ``pairs``) in micro-batches of ``batch_size``. ``mode``: ``latency``
+        walks each micro-batch through all layers; ``block`` walks blocks of up to ``block_size`` examples
+        (default: what the budget allows, at most MAX_BLOCK) layer by layer; ``auto`` picks block when
+        engines are swapped and there are more inputs than one micro-batch. Same predictions either way."""
         if isinstance(texts, str):
             texts = [texts]
         if batch_size < 1:
             raise NanotrtError("batch size must be >= 1")
-        stats = RunStats(layer_time_s=[0.0] * self.n)
-        all_logits, all_layers, all_ramps = [], [], []
+        if block_size is not None and block_size < 1:
+            raise NanotrtError("block size must be >= 1")
+        if pairs is not None and len(pairs) != len(texts):
+            raise NanotrtError(f"got {len(texts)} texts but {len(pairs)} pairs: give one pair per text")
+        mode = self.resolve_mode(mode, len(texts), batch_size)
+        stats = RunStats(layer_time_s=[0.0] * self.n, mode=mode)
+        out = self._outputs(len(texts), self.n, len(self.labels))
+        self._configure(amortized=mode == "block")
         t0 = time.perf_counter()
-        for s in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[s:s + batch_size], None if pairs is None else pairs[s:s + batch_size])
-            lg, ly, rl = self.run_encoded(enc, stats)
-            all_logits.append(lg)
-            all_layers.append(ly)
-            all_ramps.append(rl)
+        try:
+            for block in self._blocks(texts, pairs, batch_size, mode, block_size):
+                self._walk(block, out, stats)
+        finally:
+            self.cache.reserve_activations(0)
         stats.wall_s = time.perf_counter() - t0
         stats.samples = len(texts)
         stats.cache = {**self.cache.stats.as_dict(), "backend_reserved_bytes": self.reserved}
         stats.variant = self.variant
-        logits = np.concatenate(all_logits) if all_logits else np.zeros((0, len(self.labels)), np.float32)
-        layers = np.concatenate(all_layers) if all_layers else np.zeros(0, np.int64)
-        ramps = np.concatenate(all_ramps) if all_ramps else np.zeros((0, self.n, len(self.labels)), np.float32)
-        return Result(self.to_predictions(logits, layers, ramps), logits, layers, ramps, stats)
+        return Result(self.to_predictions(*out), *out, stats)
 
     def to_predictions(self, logits: np.ndarray, layers: np.ndarray, ramps: np.ndarray) -> list[Prediction]:
         preds = []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # make_tiny_artifact
 
 from tinymodels import FAMILIES, make_tiny  # noqa: E402
+
+# ORT's process-wide thread pool makes every later plain session of the process fail; the suite builds
+# and exports after running runners in one process, so runners here use per-session pools (the shared
+# pool is tested in child processes).
+os.environ.setdefault("NANOTRT_ORT_THREAD_POOL", "session")
 
 # Committed, made by scripts/make_tiny_artifact.py: lets the runtime tests run in a core install (no torch).
 TINY_ARTIFACT = Path(__file__).parent / "fixtures" / "tiny-artifact"

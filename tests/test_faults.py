@@ -287,7 +287,9 @@ def test_graph_damaged_while_streaming(artifacts: dict[str, Path], tmp_path: Pat
     texts = ["a first text", "and a second one", "third"]
     layer = art / "graphs" / "layer_01.onnx"
     original = layer.read_bytes()
-    with Runner.from_artifact(art, memory_budget="1layer") as r:  # every graph reloads for every sample
+    with Runner.from_artifact(art) as probe:  # the largest graph + one short example: every graph reloads
+        tight = probe.largest + probe.acts.block([(1, 8)])
+    with Runner.from_artifact(art, memory_budget=tight) as r:
         good = r.predict(texts)
         if damage == "deleted":
             layer.unlink()

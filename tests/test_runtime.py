@@ -19,6 +19,7 @@ from nanotrt.engines.onnxruntime import OrtBackend
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.exits import parse_exit
 from nanotrt.runtime.runner import Runner
+from test_streaming import tight_budget
 
 MANY = [
     "the film is a triumph", "i hated every minute of it", "an ok movie", "what a waste of time and money",
@@ -76,14 +77,15 @@ class CountingBackend(OrtBackend):
 def test_smallest_budget_equals_all_resident(artifacts: dict[str, Path], fam: str, prefetch: bool) -> None:
     with Runner.from_artifact(artifacts[fam]) as r:
         full = r.predict(TEXTS, PAIRS, batch_size=2)
-    with Runner.from_artifact(artifacts[fam], memory_budget="1layer", prefetch=prefetch) as r:
-        small = r.predict(TEXTS * 2, PAIRS * 2, batch_size=2)  # twice: swaps across batches too
+    smallest = tight_budget(artifacts[fam], TEXTS, PAIRS, 2)  # the largest graph + one batch's activations
+    with Runner.from_artifact(artifacts[fam], memory_budget=smallest, prefetch=prefetch) as r:
+        small = r.predict(TEXTS * 2, PAIRS * 2, batch_size=2, mode="latency")  # twice: swaps across batches too
         assert r.cache.stats.releases > 0
     np.testing.assert_allclose(small.logits[:3], full.logits, atol=1e-6)
     np.testing.assert_allclose(small.logits[3:], full.logits, atol=1e-6)
 
 
-@pytest.mark.parametrize("budget", ["1layer", "2layers", "120KB", "all"])
+@pytest.mark.parametrize("budget", ["1layer", "2layers", "200KB", "all"])
 def test_engine_bytes_never_exceed_budget(spiky: Path, budget: str) -> None:
     r = Runner.from_artifact(spiky, memory_budget=budget)
     be = CountingBackend(r.budget)
@@ -166,7 +168,7 @@ def test_load_failure_and_interrupt_leave_runner_usable(spiky: Path, exc: type[B
 def test_corrupted_engine_mid_run(spiky: Path, tmp_path: Path) -> None:
     art = tmp_path / "art"
     shutil.copytree(spiky, art)
-    with Runner.from_artifact(art, memory_budget="1layer") as r:
+    with Runner.from_artifact(art, memory_budget=tight_budget(art, MANY[:4], None, 1)) as r:
         good = r.predict(MANY[:4])
         layer = art / "graphs" / "layer_02.onnx"
         original = layer.read_bytes()

@@ -280,9 +280,13 @@ def test_runner_streams_plans_like_ort(fake: Any, art: Path) -> None:
     build(art, backend="tensorrt")  # FP32 plans of the exported graphs
     with Runner.from_artifact(art) as r:
         ref = r.predict(SENTS, batch_size=3).ramp_logits
+    with Runner.from_artifact(art, backend="tensorrt") as probe:  # 2 graphs + these batches' activations
+        acts = max(probe.acts.block([probe.tokenizer(SENTS[i:i + 3])["input_ids"].shape])
+                   for i in range(0, len(SENTS), 3))
+        budget = probe.reserved + 2 * probe.largest + acts
     outs, before = [], len(fake.cuda.mallocs)
     for prefetch in (True, False):
-        with Runner.from_artifact(art, backend="tensorrt", memory_budget="2layers", prefetch=prefetch) as r:
+        with Runner.from_artifact(art, backend="tensorrt", memory_budget=budget, prefetch=prefetch) as r:
             res = r.predict(SENTS, batch_size=3)
             scratch = r.manifest.data["variants"]["trt-fp32"]["scratch_bytes"]
             assert res.stats.cache["backend_reserved_bytes"] > scratch
