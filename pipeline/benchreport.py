@@ -39,9 +39,13 @@ def sweep_specs(task_type: str, n_layers: int) -> list[str]:
     return pat + [f"entropy={t}" for t in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)] + depth
 
 
+FUSED = ("ort-fp32-fused", "ort-int8-fused")  # layer + ramp in one graph: the runner's fastest path
+
+
 def prepare_default(task: str, data_dir: str | None = None, root: Path | None = None) -> Path:
     """The demo model trained with off-ramps on ``task``, exported (with the one-graph baseline) and
-    built to INT8 (static, dynamic, and the whole graph's dynamic INT8 baseline), cached and reused."""
+    built to INT8 (static, dynamic, and the whole graph's dynamic INT8 baseline) and fused layer+ramp
+    variants, cached and reused."""
     from nanotrt.pipeline.demo import cache_dir, demo_model_dir
 
     t = get_task(task)
@@ -52,7 +56,7 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
     if m and m.labels != label_names(m.task, m.labels):  # cached before label names: the file's "0"/"1"
         m.data["labels"] = label_names(m.task, m.labels)
         m.save()
-    if m and {"ort-int8", "ort-int8-dynamic"} <= set(m.variants) and WHOLE_INT8 in m.graphs:
+    if m and {"ort-int8", "ort-int8-dynamic", *FUSED} <= set(m.variants) and WHOLE_INT8 in m.graphs:
         return art
     task_file(t, "train", data_dir)  # clear error before minutes of work
     from nanotrt.pipeline.build import build
@@ -66,7 +70,7 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
             train(demo_model_dir(), ckpt, TrainConfig(task=name, data_dir=data_dir, **DEFAULT_TRAIN.get(name, {})))
         export_model(ckpt, art, whole=True)
     # Idempotent: builds only what is missing (an artifact cached by an older nanotrt gains the INT8 baseline).
-    build(art, int8=True, dynamic=True, calib_task=name, data_dir=data_dir)
+    build(art, int8=True, dynamic=True, fused=True, calib_task=name, data_dir=data_dir)
     return art
 
 
