@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -209,13 +211,66 @@ def _build_whole_int8(m: Manifest, calib_task: str, data_dir: str | Path | None)
     console.print(f"{WHOLE_INT8}: built (ORT quantize_dynamic, per-channel; rel. error vs FP32 {err:.3f})")
 
 
+# --- ONNX Runtime variants: one small builder per variant, each turning one exported graph into its
+# built form and returning the precision it ended in (None: the variant's own) ------------------------
+
+@dataclass
+class _UnitJob:
+    m: Manifest
+    unit: str  # graph name in the exported fp32 schedule
+    src: Path
+    dst: Path
+    calib: Any  # CalibrationSet or None
+    calib_method: str
+    tolerance: float
+    errors: dict[str, float]  # per-graph relative error, filled by the INT8 builders
+    kept_fp32: list[str]
+
+
+def _unit_fp32(job: _UnitJob) -> str | None:
+    _optimize_ort(job.src, job.dst, job.m, fp16=False)
+    return None
+
+
+def _unit_fp16(job: _UnitJob) -> str | None:
+    _optimize_ort(job.src, job.dst, job.m, fp16=True)
+    return None
+
+
+def _unit_int8_dynamic(job: _UnitJob) -> str | None:
+    from nanotrt.calibration.quantize import quantize_dynamic_int8, relative_error
+
+    precision = None if quantize_dynamic_int8(job.src, job.dst) else "fp32"
+    if job.calib:  # built alongside the static variant: measure it on the same calibration feeds
+        job.errors[job.unit] = relative_error(job.src, job.dst, job.calib.batches(job.unit))
+    return precision
+
+
+def _unit_int8_static(job: _UnitJob) -> str | None:
+    from nanotrt.calibration.quantize import quantize_static_qdq, relative_error
+
+    names = [i["name"] for i in job.m.graphs[job.unit]["inputs"]]
+    batches = job.calib.batches(job.unit)
+    precision = None if quantize_static_qdq(job.src, job.dst, batches, names, job.calib_method) else "fp32"
+    job.errors[job.unit] = relative_error(job.src, job.dst, batches)
+    if job.errors[job.unit] > job.tolerance:  # sensitive graph: keep it in FP32 (mixed precision)
+        shutil.copy2(job.src, job.dst)
+        job.kept_fp32.append(job.unit)
+        return "fp32"
+    return precision
+
+
+ORT_UNIT_BUILDERS: dict[str, Callable[[_UnitJob], str | None]] = {
+    "ort-fp32": _unit_fp32, "ort-fp16": _unit_fp16, "ort-int8-dynamic": _unit_int8_dynamic,
+    "ort-int8": _unit_int8_static,
+}
+
+
 def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_method: str,
                    tolerance: float, trt_mod: Any, trt_options: dict[str, Any]
                    ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
     if variant.endswith("-fused"):
         return _build_fused(m, variant, out)
-    from nanotrt.calibration.quantize import quantize_dynamic_int8, quantize_static_qdq, relative_error
-
     base = m.schedule("fp32")
     units = _graph_units(m)
     graphs: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -223,44 +278,29 @@ def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_metho
     errors: dict[str, float] = {}
     kept_fp32: list[str] = []
     with progress() as bar:
-        job = bar.add_task(f"build {variant}", total=len(units), info="")
+        task = bar.add_task(f"build {variant}", total=len(units), info="")
         for unit in units:
-            bar.update(job, info=unit)
+            bar.update(task, info=unit)
             src = m.verify(unit)
             entry = m.graphs[unit]
             fields: dict[str, Any] = {k: entry[k] for k in ("role", "index", "inputs", "outputs")}
-            input_names = [i["name"] for i in entry["inputs"]]
             onnx_out = out / f"{unit}.onnx"
             precision = variant.split("-")[1]
-            if variant == "ort-fp32":
-                _optimize_ort(src, onnx_out, m, fp16=False)
-            elif variant == "ort-fp16":
-                _optimize_ort(src, onnx_out, m, fp16=True)
-            elif variant == "ort-int8-dynamic":
-                if not quantize_dynamic_int8(src, onnx_out):
-                    precision = "fp32"
-                if calib:  # built alongside the static variant: measure it on the same calibration feeds
-                    errors[unit] = relative_error(src, onnx_out, calib.batches(unit))
-            elif variant == "ort-int8":
-                if not quantize_static_qdq(src, onnx_out, calib.batches(unit), input_names, calib_method):
-                    precision = "fp32"
-                errors[unit] = relative_error(src, onnx_out, calib.batches(unit))
-                if errors[unit] > tolerance:  # sensitive graph: keep it in FP32 (mixed precision)
-                    shutil.copy2(src, onnx_out)
-                    precision = "fp32"
-                    kept_fp32.append(unit)
+            if variant in ORT_UNIT_BUILDERS:
+                job = _UnitJob(m, unit, src, onnx_out, calib, calib_method, tolerance, errors, kept_fp32)
+                precision = ORT_UNIT_BUILDERS[variant](job) or precision
             elif variant.startswith("trt-"):
                 graphs[f"{variant}/{unit}"] = _build_trt_unit(m, unit, precision, out, calib, calib_method,
                                                               tolerance, trt_mod, trt_options, errors, kept_fp32)
                 rename[unit] = f"{variant}/{unit}"
-                bar.advance(job)
+                bar.advance(task)
                 continue
             _ort_offline_optimize(onnx_out)
             graphs[f"{variant}/{unit}"] = (onnx_out.name, {**fields, "precision": precision, "format": "onnx",
                                                            "ort_optimized": "CPUExecutionProvider",
                                                            **({"rel_error": errors[unit]} if unit in errors else {})})
             rename[unit] = f"{variant}/{unit}"
-            bar.advance(job)
+            bar.advance(task)
     sched = Schedule(rename[base.embeddings], [rename[n] for n in base.layers], [rename[n] for n in base.ramps])
     info: dict[str, Any] = {"backend": "tensorrt" if variant.startswith("trt-") else "onnx",
                             "precision": variant.split("-")[1]}
