@@ -222,14 +222,9 @@ def run_child(spec: RowSpec, timeout: float = 3600) -> Any:
 def machine_info() -> dict[str, Any]:
     import importlib.metadata as md
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from nanotrt.runtime.profile import cpu_name
+
+    cpu = cpu_name()
     libs: dict[str, str | None] = {}
     for lib in ("onnxruntime", "torch", "transformers", "numpy", "tokenizers"):
         try:

@@ -36,18 +36,22 @@ def profile_path(root: str | Path, variant: str) -> Path:
     return Path(root) / f"profile-{variant}.json"
 
 
+def cpu_name() -> str:
+    """The CPU model (/proc/cpuinfo on Linux; platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine() -> dict[str, Any]:
     """What the numbers depend on: CPU model and count, OS, Python, the backend libraries."""
     import importlib.metadata as md
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     libs = {}
     for lib in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy"):
         try:
