@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nanotrt.runtime.profile import proc_status_bytes as rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZERS = ROOT.parent / "shared" / "data" / "tokenizers"
@@ -198,13 +199,6 @@ for _budget, _text in (("all", "all resident"), ("4layers", "4 layers"), ("2laye
 # --------------------------------------------------------------------------------------------
 
 Infer = Callable[[list[str]], np.ndarray]
-
-
-def rss_bytes(field: str = "VmRSS") -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def rss_breakdown(top: int = 6) -> dict[str, Any]:

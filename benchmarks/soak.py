@@ -21,14 +21,8 @@ import psutil
 OUT = Path(__file__).parent / "results"
 
 
-def vm_hwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def main() -> None:
+    from nanotrt.pipeline.bench import peak_rss_bytes
     from nanotrt.pipeline.glue import read_split
     from nanotrt.runtime.fsutil import atomic_file, write_json
     from nanotrt.runtime.runner import Runner
@@ -65,7 +59,7 @@ def main() -> None:
               "predictions": args.n, "every": args.every, "samples": samples,
               "rss_first_mb": float(rss[0]), "rss_last_mb": float(rss[-1]), "rss_max_mb": float(rss.max()),
               "rss_range_after_warmup_mb": round(float(warm.max() - warm.min()), 1),
-              "rss_slope_mb_per_1000_after_warmup": round(slope, 3), "peak_rss_mb": round(vm_hwm() / 1e6, 1),
+              "rss_slope_mb_per_1000_after_warmup": round(slope, 3), "peak_rss_mb": round(peak_rss_bytes() / 1e6, 1),
               "wall_s": round(time.perf_counter() - t0, 1), "cpu": psutil.cpu_count(),
               "date": time.strftime("%Y-%m-%d %H:%M")}
     out = Path(args.out)

@@ -61,13 +61,9 @@ class RowSpec:
 def peak_rss_bytes() -> int:
     """This process's own peak RSS. VmHWM belongs to the current address space; ru_maxrss survives
     execve on Linux, so a child started by a large parent would report the parent's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+    from nanotrt.runtime.profile import proc_status_bytes
+
+    return proc_status_bytes("VmHWM") or int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _encode_all(spec: RowSpec) -> tuple[Task, Any, list[dict[str, np.ndarray]], np.ndarray]:

@@ -36,6 +36,18 @@ def profile_path(root: str | Path, variant: str) -> Path:
     return Path(root) / f"profile-{variant}.json"
 
 
+def proc_status_bytes(field: str = "VmRSS") -> int:
+    """A byte count from /proc/self/status (VmRSS, VmHWM = this address space's peak RSS, RssAnon, ...);
+    0 where there is no procfs."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def cpu_name() -> str:
     """The CPU model (/proc/cpuinfo on Linux; platform.processor() elsewhere)."""
     try:
