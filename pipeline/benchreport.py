@@ -10,6 +10,7 @@ from typing import Any
 from nanotrt.pipeline.bench import RowSpec, machine_info, run_child
 from nanotrt.pipeline.build import WHOLE_INT8
 from nanotrt.pipeline.glue import get_task, label_names, task_file
+from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import atomic_file, write_json
@@ -39,7 +40,8 @@ def sweep_specs(task_type: str, n_layers: int) -> list[str]:
     return pat + [f"entropy={t}" for t in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)] + depth
 
 
-FUSED = ("ort-fp32-fused", "ort-int8-fused")  # layer + ramp in one graph: the runner's fastest path
+# The demo artifact has every ONNX Runtime variant `nanotrt build --int8 --dynamic --fused` makes.
+DEMO_VARIANTS = tuple(s.name for s in registry.build_targets("onnxruntime", False, True, True, True))
 
 
 def prepare_default(task: str, data_dir: str | None = None, root: Path | None = None) -> Path:
@@ -56,7 +58,7 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
     if m and m.labels != label_names(m.task, m.labels):  # cached before label names: the file's "0"/"1"
         m.data["labels"] = label_names(m.task, m.labels)
         m.save()
-    if m and {"ort-int8", "ort-int8-dynamic", *FUSED} <= set(m.variants) and WHOLE_INT8 in m.graphs:
+    if m and set(DEMO_VARIANTS) <= set(m.variants) and WHOLE_INT8 in m.graphs:
         return art
     task_file(t, "train", data_dir)  # clear error before minutes of work
     from nanotrt.pipeline.build import build
@@ -114,9 +116,10 @@ def runtime_rows(exit: str, batch_size: int, int8: bool, best_fp32: str, base: d
     """Issue 11's rows: the per-layer split without the fused product when that is the best variant, and the
     2-layer streaming exit over the whole split in block mode (layer-major) next to all-resident."""
     rows = []
-    if best_fp32.endswith("-fused"):
+    spec = registry.get(best_fp32)
+    if spec.kind == "fused":
         rows.append(RowSpec("4 nanotrt full, unfused, all resident", "runner", key="full-unfused",
-                            variant=best_fp32[: -len("-fused")], **base))
+                            variant=spec.source, **base))
     prec, bs = "int8" if int8 else "fp32", max(batch_size, 8)
     rows += [RowSpec(f"7 nanotrt {prec} {exit} @2layers, block mode, batch {bs}", "runner", key="stream-block",
                      exit=exit, budget="2layers", precision=prec, mode="block", batch_size=bs, **base),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest, Schedule
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.progress import console, progress
@@ -25,22 +26,6 @@ from nanotrt.runtime.progress import console, progress
 # committed MiniLM-L6 builds the maximum is 0.08-0.12 (benchmarks/results/int8_layers.md).
 INT8_TOLERANCE = 0.10
 BUILDER_VERSION = 6  # part of each variant's options: a newer builder rebuilds instead of "up to date"
-
-
-def _variant_names(backend: str, fp16: bool, int8: bool, dynamic: bool, fused: bool = False) -> list[str]:
-    prefix = "ort" if backend == "onnxruntime" else "trt"
-    names = [f"{prefix}-fp32"] if backend == "onnxruntime" else []
-    if fp16:
-        names.append(f"{prefix}-fp16")
-    if int8:
-        names.append(f"{prefix}-int8")
-    if dynamic and backend == "onnxruntime":  # needs no calibration data, so it does not need --int8
-        names.append("ort-int8-dynamic")
-    if backend == "tensorrt" and not (fp16 or int8):
-        names.append("trt-fp32")
-    if fused and backend == "onnxruntime":  # products of the variants above: built after them
-        names += [f"{n}-fused" for n in names if n in ("ort-fp32", "ort-int8")]
-    return names
 
 
 def _up_to_date(m: Manifest, variant: str, options: dict[str, Any]) -> bool:
@@ -104,8 +89,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
           trt_options: dict[str, Any] | None = None, fused: bool = False) -> list[str]:
     """Build the requested variants into ``artifact``; returns the variant names now present."""
     m = Manifest.load(artifact)
-    if backend not in ("onnxruntime", "tensorrt"):
-        raise NanotrtError(f"unknown build backend '{backend}': use onnxruntime or tensorrt")
+    registry.build_targets(backend, False, False, False, False)  # an unknown backend fails before any work
     if int8 and not calib_task:
         calib_task = m.task
         if not calib_task:
@@ -117,23 +101,24 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
     trt_mod: Any = None
     if backend == "tensorrt":
         trt_mod, trt_options = _trt_setup(m, trt_options)
-    variants = _variant_names(backend, fp16, int8, dynamic, fused)
+    targets = registry.build_targets(backend, fp16, int8, dynamic, fused)
     calib = None
     built: list[str] = []
-    for variant in variants:
-        options = {"builder": BUILDER_VERSION, "calib_task": calib_task, "calib_size": calib_size, "calib_method": calib_method,
-                   "int8_tolerance": int8_tolerance, **(trt_options or {})} if "int8" in variant else {
-            "builder": BUILDER_VERSION, **(trt_options or {})}
-        if variant.endswith("-fused"):  # rebuilt whenever the variant it fuses was
-            options = {"builder": BUILDER_VERSION, "from": m.data["variants"][variant[:-6]].get("dir")}
+    for spec in targets:
+        variant = spec.name
+        options: dict[str, Any] = {"builder": BUILDER_VERSION, **(trt_options or {})}
+        if spec.precision == "int8" and spec.kind == "built":
+            options.update(calib_task=calib_task, calib_size=calib_size, calib_method=calib_method,
+                           int8_tolerance=int8_tolerance)
+        if spec.source:  # rebuilt whenever the variant it is made from was
+            options = {"builder": BUILDER_VERSION, "from": m.data["variants"][spec.source].get("dir")}
         if _up_to_date(m, variant, options):
             console.print(f"{variant}: up to date")
             built.append(variant)
             continue
         # Dynamic INT8 too when there is a task: its per-graph error is measured on it (without one, as in
         # `nanotrt build --dynamic` alone, it needs no data).
-        if ("int8" in variant and not variant.endswith("-fused") and calib is None
-                and (variant != "ort-int8-dynamic" or calib_task)):
+        if spec.kind == "built" and calib is None and (spec.needs_calibration or (spec.precision == "int8" and calib_task)):
             from nanotrt.calibration.readers import collect
             from nanotrt.pipeline.glue import read_split
 
@@ -142,7 +127,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
         final_dir = m.root / f"{variant}.{secrets.token_hex(4)}"
         staging.mkdir()
         try:
-            graphs, sched, info = _build_variant(m, variant, staging, calib, calib_method,
+            graphs, sched, info = _build_variant(m, spec, staging, calib, calib_method,
                                                  int8_tolerance, trt_mod, trt_options or {})
             # Switch: new files in place under their final name, then one manifest rename.
             staging.rename(final_dir)
@@ -260,17 +245,20 @@ def _unit_int8_static(job: _UnitJob) -> str | None:
     return precision
 
 
+# One builder per built ONNX Runtime variant of the registry (runtime/variants.py); a test checks that every
+# registered one has its builder.
 ORT_UNIT_BUILDERS: dict[str, Callable[[_UnitJob], str | None]] = {
     "ort-fp32": _unit_fp32, "ort-fp16": _unit_fp16, "ort-int8-dynamic": _unit_int8_dynamic,
     "ort-int8": _unit_int8_static,
 }
 
 
-def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_method: str,
+def _build_variant(m: Manifest, spec: registry.VariantSpec, out: Path, calib: Any, calib_method: str,
                    tolerance: float, trt_mod: Any, trt_options: dict[str, Any]
                    ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
-    if variant.endswith("-fused"):
-        return _build_fused(m, variant, out)
+    if spec.kind == "fused":
+        return _build_fused(m, spec, out)
+    variant, tensorrt = spec.name, spec.backend == "tensorrt"
     base = m.schedule("fp32")
     units = _graph_units(m)
     graphs: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -285,11 +273,11 @@ def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_metho
             entry = m.graphs[unit]
             fields: dict[str, Any] = {k: entry[k] for k in ("role", "index", "inputs", "outputs")}
             onnx_out = out / f"{unit}.onnx"
-            precision = variant.split("-")[1]
-            if variant in ORT_UNIT_BUILDERS:
+            precision = spec.precision
+            if not tensorrt:
                 job = _UnitJob(m, unit, src, onnx_out, calib, calib_method, tolerance, errors, kept_fp32)
                 precision = ORT_UNIT_BUILDERS[variant](job) or precision
-            elif variant.startswith("trt-"):
+            else:
                 graphs[f"{variant}/{unit}"] = _build_trt_unit(m, unit, precision, out, calib, calib_method,
                                                               tolerance, trt_mod, trt_options, errors, kept_fp32)
                 rename[unit] = f"{variant}/{unit}"
@@ -302,13 +290,12 @@ def _build_variant(m: Manifest, variant: str, out: Path, calib: Any, calib_metho
             rename[unit] = f"{variant}/{unit}"
             bar.advance(task)
     sched = Schedule(rename[base.embeddings], [rename[n] for n in base.layers], [rename[n] for n in base.ramps])
-    info: dict[str, Any] = {"backend": "tensorrt" if variant.startswith("trt-") else "onnx",
-                            "precision": variant.split("-")[1]}
+    info: dict[str, Any] = {"backend": "tensorrt" if tensorrt else "onnx", "precision": spec.precision}
     if errors:
         info["rel_error"] = errors
         info["kept_fp32"] = kept_fp32
         info["summary"] = f"max rel. error {max(errors.values()):.3f}, kept in FP32: {kept_fp32 or 'none'}"
-    if variant.startswith("trt-"):
+    if tensorrt:
         info.pop("kept_fp32", None)  # TensorRT INT8 falls back to FP16 first: kept_higher says which
         info["scratch_bytes"] = max(int(f["scratch_bytes"]) for _, f in graphs.values())  # the one shared buffer
         info["kept_higher"] = {u: f["precision"] for u, (_, f) in zip(units, graphs.values(), strict=True)
@@ -456,9 +443,10 @@ def _check_fused(fused: Path, layer: Path, ramp: Path, hidden: int) -> float:
     return float(max(np.abs(h_out - ref_h).max(), np.abs(logits - ref_l).max()))
 
 
-def _build_fused(m: Manifest, variant: str, out: Path) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
-    """``<v>-fused``: variant ``<v>``'s layer i and ramp i as one graph (its embeddings copied as they are)."""
-    src_variant = variant[: -len("-fused")]
+def _build_fused(m: Manifest, spec: registry.VariantSpec, out: Path
+                 ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
+    """A fused variant: its source variant's layer i and ramp i as one graph (embeddings copied as they are)."""
+    variant, src_variant = spec.name, str(spec.source)
     base = m.schedule(src_variant)
     graphs: dict[str, tuple[str, dict[str, Any]]] = {}
     emb = m.graphs[base.embeddings]

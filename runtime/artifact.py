@@ -20,28 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nanotrt.runtime import variants as registry
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import sha256_file, write_json
 
 FORMAT = "nanotrt-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-# Which variant runs when none is named: per (backend, precision), the first of these the artifact has.
-# Built before exported: `nanotrt build` optimizes offline and stores weights as external data, so a
-# layer loads several times faster per swap (benchmarks/results/streaming_memory.md). For INT8 the
-# static QDQ build (calibrated, graphs over the error tolerance kept in FP32) before ORT dynamic.
-# Precision is never changed silently: a precision the artifact lacks is an error naming the build.
-VARIANT_PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
-    ("onnxruntime", "fp32"): ("ort-fp32-fused", "ort-fp32", "fp32"),  # fused: one call per layer, same logits
-    ("onnxruntime", "fp16"): ("ort-fp16",),
-    ("onnxruntime", "int8"): ("ort-int8-fused", "ort-int8", "ort-int8-dynamic"),
-    ("tensorrt", "fp32"): ("trt-fp32",),
-    ("tensorrt", "fp16"): ("trt-fp16",),
-    ("tensorrt", "int8"): ("trt-int8",),
-    ("torch", "fp32"): ("fp32",),  # the eager reference runs the checkpoint; the schedule only names roles
-}
-_BUILD_FLAGS = {"fp32": "", "fp16": " --fp16", "int8": " --int8 --calib-task TASK"}
 
 
 @dataclass
@@ -131,25 +116,33 @@ class Manifest:
         return Schedule(v["embeddings"], list(v["layers"]), list(v["ramps"]))
 
     def variant_choices(self, precision: str = "fp32", backend: str = "onnxruntime") -> list[str]:
-        """The variants of this artifact that run ``precision`` on ``backend``, best first
-        (``VARIANT_PREFERENCE``)."""
-        known = {p for _, p in VARIANT_PREFERENCE}
-        if precision not in known:
-            raise NanotrtError(f"unknown precision '{precision}': use one of {', '.join(sorted(known))}")
-        if (backend, precision) not in VARIANT_PREFERENCE:
-            raise NanotrtError(f"backend '{backend}' does not run {precision}: pick another precision or "
-                               "name a variant (--variant)")
-        return [v for v in VARIANT_PREFERENCE[backend, precision] if v in self.data["variants"]]
+        """The variants of this artifact that run ``precision`` on ``backend``, best first (the ranks of
+        ``runtime/variants.py``)."""
+        return registry.ranked(self.data["variants"], precision, backend)
 
     def best_variant(self, precision: str = "fp32", backend: str = "onnxruntime") -> str:
-        """The variant a runner uses when none is named: the best of ``variant_choices``."""
+        """The variant a run uses when none is named: the best of ``variant_choices``. The one resolver:
+        runner, profile, bench, build and the CLI all ask here."""
         choices = self.variant_choices(precision, backend)
         if not choices:
-            wanted = " or ".join(VARIANT_PREFERENCE[backend, precision])
-            flags = (" --backend tensorrt" if backend == "tensorrt" else "") + _BUILD_FLAGS[precision]
-            raise NanotrtError(f"artifact '{self.root}' has no {precision} variant for {backend} (wanted {wanted}; "
-                               f"it has: {', '.join(self.variants)}): build it with `nanotrt build {self.root}{flags}`")
+            wanted = registry.candidates(precision, backend)
+            build = next((s for s in wanted if s.kind == "built"), wanted[0])
+            raise NanotrtError(f"artifact '{self.root}' has no {precision} variant for {backend} (wanted "
+                               f"{' or '.join(s.name for s in wanted)}; it has: {', '.join(self.variants)}): "
+                               f"build it with `{build.command(self.root)}`")
         return choices[0]
+
+    def resolve_variant(self, variant: str | None, precision: str = "fp32", backend: str = "onnxruntime") -> str:
+        """``variant`` when named (it must exist and run on ``backend``), else ``best_variant``."""
+        if variant is None:
+            return self.best_variant(precision, backend)
+        self.schedule(variant)  # exists, else one error listing what does
+        registry.check_runs_on(variant, backend)
+        return variant
+
+    def variant_graphs(self, variant: str) -> list[str]:
+        """The graph entries a built variant owns (its folder's files)."""
+        return [n for n, e in self.graphs.items() if e.get("variant") == variant]
 
     def path(self, name: str) -> Path:
         return self.root / self.graphs[name]["file"]

@@ -34,10 +34,6 @@ class Backend(ABC):
     @abstractmethod
     def release(self, engine: Any) -> None: ...
 
-    def variant_for(self, precision: str) -> str:
-        """The manifest variant this backend runs at ``precision`` (fp32 exported graphs by default)."""
-        return "fp32" if precision == "fp32" else f"ort-{precision}"
-
     def reserve(self, manifest: Manifest, names: list[str]) -> int:
         """Allocate the fixed working set these graphs need besides their engines (TensorRT: the shared
         scratch and I/O buffers) now, on the runner's thread; return its bytes (counted in the budget)."""

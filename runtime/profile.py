@@ -221,7 +221,7 @@ def run_profile(artifact: str | Path, backend: str = "onnxruntime", precision: s
     options: dict[str, Any] = {"threads": threads} if threads and backend == "onnxruntime" else {}
     be = get_backend(backend, **options)
     try:
-        v = variant or be.variant_for(precision)
+        v = m.resolve_variant(variant, precision, be.name)  # the runner's rule
         sched = m.schedule(v)
         budget = resolve_budget(memory_budget, m, v)
         total = sum(int(m.graphs[n]["bytes"]) for n in sched.names())

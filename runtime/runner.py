@@ -179,7 +179,7 @@ class Runner:
                  precision: str = "fp32"):
         self.manifest = manifest
         self.backend = backend
-        self.variant = variant or manifest.best_variant(precision, backend.name)  # rule: artifact.VARIANT_PREFERENCE
+        self.variant = manifest.resolve_variant(variant, precision, backend.name)  # rule: runtime/variants.py
         self.schedule = manifest.schedule(self.variant)
         # exit=None: the artifact's calibrated default (`nanotrt calibrate-exit`), else full depth.
         self.policy = parse_exit(manifest.data.get("default_exit", "none") if exit is None else exit,
