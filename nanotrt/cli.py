@@ -283,6 +283,41 @@ def profile(
     _out(f"wrote {path} ({doc['machine']['cpu']}); layer+ramp p50 ms at batch 1 x {doc['grid']['seq'][-1]}: {step}")
 
 
+@app.command()
+def serve(
+    artifact: Annotated[Path, typer.Argument(help="artifact dir")],
+    host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    max_batch_size: Annotated[int, typer.Option(help="samples per dynamic batch (1 = batching off)")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="longest a sample waits for others to join its batch")] = 5.0,
+    backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt")] = "onnxruntime",
+    memory_budget: Annotated[str, typer.Option(help="memory budget for engines + activations: all, 300MB, 2layers")] = "all",
+    exit: Annotated[str | None, typer.Option("--exit", help="exit rule (default: the artifact's calibrated default_exit)")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (best variant at this precision)")] = "fp32",
+    variant: Annotated[str | None, typer.Option(help="manifest variant (overrides --precision)")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime: threads of the shared intra-op pool")] = None,
+    max_texts: Annotated[int, typer.Option(help="texts per request (more: 413)")] = 64,
+    max_chars: Annotated[int, typer.Option(help="characters per text (more: 413)")] = 20_000,
+    log_texts: Annotated[bool, typer.Option("--log-texts", help="put the texts in the request log (off: counts and exits only)")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="deploy on Ray Serve (local Ray, or RAY_ADDRESS)")] = False,
+    replicas: Annotated[int, typer.Option(help="--ray: replicas, one Runner each")] = 1,
+) -> None:
+    """HTTP JSON API (POST /predict, GET /health, /docs) with dynamic batching into per-sample exits."""
+    require("ray" if ray else "serve", "`nanotrt serve --ray`" if ray else "`nanotrt serve`")
+    from nanotrt.serve import Limits, ServeConfig
+
+    cfg = ServeConfig(str(artifact), backend, memory_budget, exit, precision, variant, threads, max_batch_size,
+                      max_wait_ms, Limits(max_texts=max_texts, max_chars=max_chars), log_texts)
+    if ray:
+        from nanotrt.serve_ray import serve_on_ray
+
+        serve_on_ray(cfg, host=host, port=port, replicas=replicas)
+    else:
+        from nanotrt.serve import serve_http
+
+        serve_http(cfg, host=host, port=port)
+
+
 @app.command("calibrate-exit")
 def calibrate_exit(
     artifact: Annotated[Path, typer.Argument(help="artifact dir")],

