@@ -129,7 +129,7 @@ class ServeConfig:
 
     def service(self) -> Service:
         self.check()
-        options = {"threads": self.threads} if self.threads and self.backend == "onnxruntime" else {}
+        options: dict[str, Any] = {"threads": self.threads} if self.threads and self.backend == "onnxruntime" else {}
         runner = Runner.from_artifact(self.artifact, backend=self.backend, memory_budget=self.memory_budget,
                                       exit=self.exit, variant=self.variant, precision=self.precision, **options)
         return Service(runner, self)
@@ -273,7 +273,7 @@ async def _read_body(request: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def serve_http(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, graceful_s: float = 30.0) -> None:
+def serve_http(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, graceful_s: int = 30) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, finish the requests in flight (at most
     ``graceful_s``), and close the Runner."""
     import uvicorn

@@ -44,8 +44,9 @@ def deployment(config: ServeConfig, replicas: int = 1, num_cpus: float = 1.0) ->
         def __init__(self, cfg: ServeConfig):
             setup_logging()
             self.service = cfg.service()
-            self.sample.set_max_batch_size(cfg.max_batch_size)
-            self.sample.set_batch_wait_timeout_s(cfg.max_wait_ms / 1000)
+            batching: Any = self.sample  # @serve.batch's handle: the settings come from the command line
+            batching.set_max_batch_size(cfg.max_batch_size)
+            batching.set_batch_wait_timeout_s(cfg.max_wait_ms / 1000)
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
         async def sample(self, samples: list[Sample]) -> list[Outcome]:
@@ -61,7 +62,8 @@ def deployment(config: ServeConfig, replicas: int = 1, num_cpus: float = 1.0) ->
         def __del__(self) -> None:
             self.service.runner.close()
 
-    return NanotrtReplica.bind(config)
+    bound: Any = NanotrtReplica  # a ray.serve Deployment once decorated
+    return bound.bind(config)
 
 
 def serve_on_ray(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1) -> None:
@@ -90,7 +92,7 @@ class Classifier:
 
     def __init__(self, artifact: str, memory_budget: str = "all", exit: str | None = None,
                  precision: str = "fp32", batch_size: int = 32, threads: int | None = None):
-        options = {"threads": threads} if threads else {}
+        options: dict[str, Any] = {"threads": threads} if threads else {}
         self.runner = Runner.from_artifact(artifact, memory_budget=memory_budget, exit=exit, precision=precision,
                                            **options)
         self.batch_size = batch_size

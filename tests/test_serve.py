@@ -26,6 +26,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("batched")
 
 from nanotrt.runtime.runner import Runner  # noqa: E402
+
 from nanotrt.serve import Limits, ServeConfig, Service, create_app  # noqa: E402
 
 EXIT = "patience=1"  # exits at different layers on the tiny random model: per-sample exits are exercised

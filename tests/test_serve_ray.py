@@ -26,6 +26,7 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from nanotrt.runtime.runner import Runner  # noqa: E402
+
 from nanotrt.serve import ServeConfig  # noqa: E402
 from nanotrt.serve_ray import APP_NAME, classify_file, deployment  # noqa: E402
 
