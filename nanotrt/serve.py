@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -206,14 +207,27 @@ def make_batcher(service: Service) -> Batcher:
         async def direct(samples: list[Sample]) -> list[Outcome]:
             return await asyncio.to_thread(service.predict_batch, samples)
         return direct
-    from batched.aio import AsyncBatchProcessor
-
-    processor: Any = AsyncBatchProcessor(service.predict_batch, batch_size=service.max_batch_size,
+    processor: Any = _batched().AsyncBatchProcessor(service.predict_batch, batch_size=service.max_batch_size,
                                          timeout_ms=service.max_wait_ms)
 
     async def batched(samples: list[Sample]) -> list[Outcome]:
         return list(await processor(samples))
     return batched
+
+
+def _batched() -> Any:
+    """``batched.aio`` without torch: its tensor helpers import torch whenever it is installed (about 200 MB
+    of RSS, measured), only to recognise tensors; samples here are strings. Hidden for the import only."""
+    import importlib
+
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` -> ImportError
+    try:
+        return importlib.import_module("batched.aio")
+    finally:
+        if hide:
+            del sys.modules["torch"]
 
 
 def create_app(service: Service, batcher: Batcher | None = None) -> Any:

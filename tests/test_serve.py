@@ -304,3 +304,19 @@ def test_bad_settings_are_one_line_errors() -> None:
     p = subprocess.run([sys.executable, "-m", "nanotrt", "serve", str(TINY_ARTIFACT), "--max-batch-size", "0"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.strip() == "error: --max-batch-size must be >= 1 (1 = batching off)"
+
+
+def test_server_loads_no_offline_stack() -> None:
+    """The serving process stays a device process: no torch (`batched` would import it when installed), no
+    transformers, no pipeline."""
+    code = (
+        "import sys\n"
+        "from nanotrt.serve import ServeConfig, create_app\n"
+        f"create_app(ServeConfig({str(TINY_ARTIFACT)!r}).service())\n"
+        "heavy = ('torch', 'transformers', 'onnx', 'polygraphy', 'matplotlib', 'scipy')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy\n"
+        "             or m.startswith(('nanotrt.pipeline', 'nanotrt.calibration'))))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
