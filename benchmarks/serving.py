@@ -61,6 +61,19 @@ def tree_hwm(pid: int) -> int:
     return total
 
 
+def tree_pss(pid: int) -> int:
+    """Proportional set size of a process tree now: shared pages split between the processes sharing them."""
+    import psutil
+
+    total = 0
+    for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            total += p.memory_full_info().pss
+        except (OSError, psutil.Error):
+            pass
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -230,6 +243,7 @@ async def sweep(spec: dict[str, Any], art: str, texts: list[str], args: argparse
             if lv["achieved_rps"] < 0.7 * rate or lv["p95_ms"] > 2000:
                 break
         peak = tree_hwm(proc.pid) if spec["kind"] == "litserve" else vm_hwm(proc.pid)
+        pss, nproc = tree_pss(proc.pid), 1 + len(_children(proc.pid))
     finally:
         os.killpg(proc.pid, 15)
         try:
@@ -239,6 +253,7 @@ async def sweep(spec: dict[str, Any], art: str, texts: list[str], args: argparse
     ok = [lv for lv in levels if lv["p95_ms"] <= P95_TARGET_MS and lv["achieved_rps"] >= 0.95 * lv["offered_rps"]]
     best = max((lv["achieved_rps"] for lv in ok), default=0.0)
     return {"server": name, "command": spec, "levels": levels, "peak_rss_mb": round(peak / 1e6, 1),
+            "pss_end_mb": round(pss / 1e6, 1), "processes": nproc,
             "max_rps_at_p95_target": best}
 
 
@@ -275,11 +290,11 @@ def markdown(rep: dict[str, Any]) -> str:
              f"single-sentence CoLA dev requests, open loop on 127.0.0.1, load generator on the same "
              f"{os.cpu_count()} cores; load average {rep['loadavg_before']} before, {rep['loadavg_after']} after.", "",
              f"Runner alone (same predictions, batch 1 and 32, plain process): peak RSS **{rep['runner_rss_mb']} MB**.",
-             "", "| server | max throughput at p95 ≤ 50 ms | peak RSS | RSS over the Runner's own |",
-             "|---|---|---|---|"]
+             "", "| server | processes | max throughput at p95 ≤ 50 ms | peak RSS (summed over processes) | "
+             "over the Runner's own | PSS at the end |", "|---|---|---|---|---|---|"]
     for r in rep["results"]:
-        lines.append(f"| {r['server']} | {r['max_rps_at_p95_target']} req/s | {r['peak_rss_mb']} MB | "
-                     f"+{round(r['peak_rss_mb'] - rep['runner_rss_mb'], 1)} MB |")
+        lines.append(f"| {r['server']} | {r['processes']} | {r['max_rps_at_p95_target']} req/s | {r['peak_rss_mb']} MB | "
+                     f"+{round(r['peak_rss_mb'] - rep['runner_rss_mb'], 1)} MB | {r['pss_end_mb']} MB |")
     lines += ["", f"Batching on / off at p95 ≤ 50 ms: **{rep['batching_speedup']}x**.", ""]
     for r in rep["results"]:
         lines += [f"## {r['server']}", "", "| offered req/s | requests | achieved req/s | p50 ms | p95 ms | p99 ms | "
@@ -328,6 +343,12 @@ def main() -> None:
     with atomic_file(out.with_suffix(".md")) as tmp:
         tmp.write_text(markdown(rep))
     print(markdown(rep))
+
+
+def _children(pid: int) -> list[Any]:
+    import psutil
+
+    return list(psutil.Process(pid).children(recursive=True))
 
 
 def _has(module: str) -> bool:

@@ -306,7 +306,7 @@ def serve(
     require("ray" if ray else "serve", "`nanotrt serve --ray`" if ray else "`nanotrt serve`")
     from nanotrt.serve import Limits, ServeConfig
 
-    cfg = ServeConfig(str(artifact), backend, memory_budget, exit, precision, variant, threads, max_batch_size,
+    cfg = ServeConfig(str(artifact.resolve()), backend, memory_budget, exit, precision, variant, threads, max_batch_size,
                       max_wait_ms, Limits(max_texts=max_texts, max_chars=max_chars), log_texts)
     if ray:
         from nanotrt.serve_ray import serve_on_ray
