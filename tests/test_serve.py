@@ -285,19 +285,21 @@ def test_cli_serve_sigterm_exits_cleanly(tmp_path: Any) -> None:
     assert "runner closed" in err and "Traceback" not in err and "a good film" not in err
 
 
-def test_serve_without_the_extra_is_one_line(tmp_path: Any) -> None:
+@pytest.mark.parametrize(("blocked", "args", "extra"), [("fastapi", [], "serve"), ("ray", ["--ray"], "ray")])
+def test_serve_without_the_extra_is_one_line(blocked: str, args: list[str], extra: str, tmp_path: Any) -> None:
     boot = (
         "import sys, importlib.util\n"
         "_real = importlib.util.find_spec\n"
-        "importlib.util.find_spec = lambda n, *a: None if n.split('.')[0] == 'fastapi' else _real(n, *a)\n"
+        f"importlib.util.find_spec = lambda n, *a: None if n.split('.')[0] == {blocked!r} else _real(n, *a)\n"
         "from nanotrt.cli import main\n"
-        f"sys.argv = ['nanotrt', 'serve', {str(TINY_ARTIFACT)!r}]\n"
+        f"sys.argv = ['nanotrt', 'serve', {str(TINY_ARTIFACT)!r}, *{args!r}]\n"
         "main()\n"
     )
     p = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 2, p.stderr
-    assert p.stderr.strip() == ("error: `nanotrt serve` needs the 'serve' extra (fastapi is not installed): "
-                                "pip install 'nanotrt[serve]'")
+    what = "`nanotrt serve --ray`" if args else "`nanotrt serve`"
+    assert p.stderr.strip() == (f"error: {what} needs the '{extra}' extra ({blocked} is not installed): "
+                                f"pip install 'nanotrt[{extra}]'")
 
 
 def test_bad_settings_are_one_line_errors() -> None:
