@@ -223,7 +223,11 @@ async def level(port: int, texts: list[str], rate: float, seconds: float, cap: i
         await asyncio.gather(*(one(i) for i in range(n)))
         wall = time.perf_counter() - t0
     ms = np.array(lat) * 1000
-    return {"offered_rps": rate, "requests": n, "achieved_rps": round(n / wall, 1),
+    # the Poisson schedule's own rate (n / its span) is what the server was offered; it kept up if it answered
+    # at >= 90% of that rate (the tail latency shows in p95/p99)
+    offered = n / float(sched[-1])
+    return {"offered_rps": rate, "scheduled_rps": round(offered, 1), "requests": n, "achieved_rps": round(n / wall, 1),
+            "kept_up": n / wall >= 0.9 * offered,
             "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1), **bad}
 
@@ -240,7 +244,7 @@ async def sweep(spec: dict[str, Any], art: str, texts: list[str], args: argparse
             lv = await level(port, texts, rate, args.seconds, args.cap, ref)
             print(json.dumps({"server": name, **lv}), flush=True)
             levels.append(lv)
-            if lv["achieved_rps"] < 0.7 * rate or lv["p95_ms"] > 2000:
+            if lv["achieved_rps"] < 0.7 * lv["scheduled_rps"] or lv["p95_ms"] > 2000:
                 break
         peak = tree_hwm(proc.pid) if spec["kind"] == "litserve" else vm_hwm(proc.pid)
         pss, nproc = tree_pss(proc.pid), 1 + len(_children(proc.pid))
@@ -250,7 +254,7 @@ async def sweep(spec: dict[str, Any], art: str, texts: list[str], args: argparse
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
-    ok = [lv for lv in levels if lv["p95_ms"] <= P95_TARGET_MS and lv["achieved_rps"] >= 0.95 * lv["offered_rps"]]
+    ok = [lv for lv in levels if lv["p95_ms"] <= P95_TARGET_MS and lv["kept_up"]]
     best = max((lv["achieved_rps"] for lv in ok), default=0.0)
     return {"server": name, "command": spec, "levels": levels, "peak_rss_mb": round(peak / 1e6, 1),
             "pss_end_mb": round(pss / 1e6, 1), "processes": nproc,
@@ -295,12 +299,16 @@ def markdown(rep: dict[str, Any]) -> str:
     for r in rep["results"]:
         lines.append(f"| {r['server']} | {r['processes']} | {r['max_rps_at_p95_target']} req/s | {r['peak_rss_mb']} MB | "
                      f"+{round(r['peak_rss_mb'] - rep['runner_rss_mb'], 1)} MB | {r['pss_end_mb']} MB |")
-    lines += ["", f"Batching on / off at p95 ≤ 50 ms: **{rep['batching_speedup']}x**.", ""]
+    lines += ["", "Peak RSS sums each process's own peak (shared libraries count once per process); PSS splits "
+              "shared pages between the processes that map them.", "",
+              f"Throughput with batching on / off, each at the highest offered load it kept up with at p95 ≤ "
+              f"{P95_TARGET_MS:g} ms: **{rep['batching_speedup'] or 'n/a'}x**.", ""]
     for r in rep["results"]:
-        lines += [f"## {r['server']}", "", "| offered req/s | requests | achieved req/s | p50 ms | p95 ms | p99 ms | "
-                  "errors | mismatches vs Runner.predict |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {lv['offered_rps']} | {lv['requests']} | {lv['achieved_rps']} | {lv['p50_ms']} | {lv['p95_ms']} "
-                  f"| {lv['p99_ms']} | {lv['errors']} | {lv['mismatch']} |" for lv in r["levels"]]
+        lines += [f"## {r['server']}", "", "| offered req/s (scheduled) | requests | achieved req/s | kept up | p50 ms "
+                  "| p95 ms | p99 ms | errors | mismatches vs Runner.predict |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {lv['offered_rps']:g} ({lv['scheduled_rps']}) | {lv['requests']} | {lv['achieved_rps']} | "
+                  f"{'yes' if lv['kept_up'] else 'no'} | {lv['p50_ms']} | {lv['p95_ms']} | {lv['p99_ms']} | {lv['errors']} "
+                  f"| {lv['mismatch']} |" for lv in r["levels"]]
         lines.append("")
     lines += ["![latency and throughput vs offered load](serving.png)", ""]
     return "\n".join(lines)
