@@ -19,6 +19,8 @@ from nanotrt.runtime.progress import console, progress, table_console
 # Large train sets are subsampled for the embedded default so first use stays practical on 2 cores
 # (SST-2: 16k of 67k sentences, one epoch, ~16 min here); small ones use the training defaults.
 DEFAULT_TRAIN: dict[str, dict[str, Any]] = {t: {"limit": 16000, "epochs": 1.0} for t in ("sst2", "qqp", "mnli", "qnli")}
+# Train rows kept out of training: `calibrate-exit` (and `plan`) choose the default exit on them, never on dev.
+DEFAULT_HOLDOUT = 1000
 DEFAULT_EXIT = {"classification": "patience=3", "regression": "patience=2,delta=0.1"}
 
 
@@ -69,7 +71,8 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
         ckpt = root / "checkpoint"
         if not (ckpt / "nanotrt.json").is_file():
             console.print(f"[bold]first use:[/] training the demo model with off-ramps on {name} (cached in {root})")
-            train(demo_model_dir(), ckpt, TrainConfig(task=name, data_dir=data_dir, **DEFAULT_TRAIN.get(name, {})))
+            train(demo_model_dir(), ckpt, TrainConfig(task=name, data_dir=data_dir, holdout=DEFAULT_HOLDOUT,
+                                                      **DEFAULT_TRAIN.get(name, {})))
         export_model(ckpt, art, whole=True)
     # Idempotent: builds only what is missing (an artifact cached by an older nanotrt gains the INT8 baseline).
     build(art, int8=True, dynamic=True, fused=True, calib_task=name, data_dir=data_dir)
