@@ -184,17 +184,16 @@ class Runner:
         # exit=None: the artifact's calibrated default (`nanotrt calibrate-exit`), else full depth.
         self.policy = parse_exit(manifest.data.get("default_exit", "none") if exit is None else exit,
                                  manifest.task_type, manifest.num_layers)
-        self._bind_exit(manifest, backend)
         self.tokenizer = Tokenizer.from_manifest(manifest.root, manifest.tokenizer)
         self.n = manifest.num_layers
         self.labels = manifest.labels
         lookup = manifest.data.get("lookup")
         self.word_table = np.load(manifest.verify(lookup), mmap_mode="r") if lookup else None
-        # A fused variant (`nanotrt build --fused`) names one graph for layer i and its ramp: one call per layer.
-        self.fused = all(lay == ramp for lay, ramp in zip(self.schedule.layers, self.schedule.ramps, strict=True))
-        order = [self.schedule.embeddings]
-        for lay, ramp in zip(self.schedule.layers, self.schedule.ramps, strict=True):
-            order += [lay] if self.fused else [lay, ramp]
+        # The walk: one step per engine call (per-layer, fused layer+ramp, or a plan's segments).
+        self.steps = self.schedule.steps()
+        order = [s.graph for s in self.steps]
+        self._inputs = [[i["name"] for i in manifest.graphs[s.graph]["inputs"]] for s in self.steps]
+        self._bind_exit(manifest, backend)
         self.acts = Activations.from_manifest(manifest)
         self.reserved = backend.reserve(manifest, self.schedule.names())  # e.g. TensorRT scratch + I/O
         self.budget = resolve_budget(memory_budget, manifest, self.variant, self.reserved)
@@ -212,7 +211,6 @@ class Runner:
         # The cache budgets engines and activations; the backend's fixed working set comes off the top.
         engines = None if self.budget is None else self.budget - self.reserved
         self.cache = ResidencyCache(backend, manifest, order, engines, prefetch=prefetch)
-        self._emb_inputs = [i["name"] for i in manifest.graphs[self.schedule.embeddings]["inputs"]]
         # Swapped engines hold no more than their manifest bytes, also in block mode where a block amortizes
         # the loads: ORT's prepacked weight copies would overrun the budget (block mode measured 312 MB
         # peak RSS with prepacking vs 239 MB for the same budget without).
@@ -222,7 +220,7 @@ class Runner:
         """Ramp outputs the policy reads must exist; a deadline rule gets this device's profile."""
         from nanotrt.runtime.profile import load_profile
 
-        outs = {o["name"] for o in manifest.graphs[self.schedule.ramps[0]].get("outputs", [])}
+        outs = {o["name"] for o in manifest.graphs[self.steps[-1].graph].get("outputs", [])}
         bind_policy(self.policy, outs, load_profile(manifest.root, self.variant, backend.name))
 
     @classmethod
@@ -237,51 +235,41 @@ class Runner:
     def describe_budget(self) -> str:
         return "all" if self.budget is None else fmt_bytes(self.budget)
 
-    # --- positions in the walk -------------------------------------------------------------
-    EMBEDDINGS = 0
-
-    def layer(self, i: int) -> int:
-        return 1 + i if self.fused else 1 + 2 * i
-
-    def ramp(self, i: int) -> int:
-        return self.layer(i) if self.fused else 2 + 2 * i
+    # --- the walk --------------------------------------------------------------------------
+    def _prefetch_after(self, k: int) -> tuple[int, ...]:
+        """Steps to load while step k computes: the next two (one after an exit point, where the batch may
+        end); past the last step, the first one of the next batch."""
+        ahead = 1 if self.steps[k].ramp else 2
+        return tuple(dict.fromkeys(p if p < len(self.steps) else 0 for p in range(k + 1, k + 1 + ahead)))
 
     @contextmanager
-    def _engine(self, pos: int, prefetch: tuple[int, ...] = ()) -> Iterator[Any]:
+    def _engine(self, pos: int) -> Iterator[Any]:
         engine = self.cache.acquire(pos)
         try:
-            for p in prefetch:  # load the next graphs while this one computes
+            for p in self._prefetch_after(pos):  # load the next graphs while this one computes
                 self.cache.prefetch(p)
             yield engine
         finally:
             self.cache.release(pos)
 
-    # --- the walk --------------------------------------------------------------------------
-    def _embed(self, batches: list[_Batch], stats: RunStats) -> None:
-        t0 = time.perf_counter()
-        for b in batches:
-            b.started = t0
-        with self._engine(self.EMBEDDINGS, prefetch=(self.layer(0), self.ramp(0))) as eng:
-            for b in batches:
-                feeds = {"input_ids": b.enc["input_ids"], "token_type_ids": b.enc["token_type_ids"]}
-                if self.word_table is not None:
-                    feeds["inputs_embeds"] = np.ascontiguousarray(self.word_table[b.enc["input_ids"]], dtype=np.float32)
-                b.hidden = self.backend.run(eng, {k: feeds[k] for k in self._emb_inputs})["hidden_states"]
-                b.mask = b.enc["attention_mask"].astype(np.int64)
-        stats.compute_s += time.perf_counter() - t0
+    def _token_feeds(self, b: _Batch, names: list[str]) -> dict[str, np.ndarray]:
+        b.mask = b.enc["attention_mask"].astype(np.int64)
+        feeds = {"input_ids": b.enc["input_ids"], "token_type_ids": b.enc["token_type_ids"], "attention_mask": b.mask}
+        if self.word_table is not None:  # the word table is indexed on the host: only touched rows get resident
+            feeds["inputs_embeds"] = np.ascontiguousarray(self.word_table[b.enc["input_ids"]], dtype=np.float32)
+        return {k: feeds[k] for k in names}
 
-    def _run_layer(self, i: int, live: list[_Batch]) -> None:
-        """Layer i (and its ramp) for every live micro-batch, each engine acquired once for all of them."""
-        after = (self.layer(i + 1),) if i + 1 < self.n else (self.EMBEDDINGS,)  # next batch's embeddings
-        with self._engine(self.layer(i), prefetch=(self.ramp(i), *after)) as eng:
+    def _run_step(self, k: int, live: list[_Batch]) -> None:
+        """Step k for every live micro-batch, its engine acquired once for all of them."""
+        step, names = self.steps[k], self._inputs[k]
+        with self._engine(k) as eng:
             for b in live:
-                out = self.backend.run(eng, b.feeds())
-                b.hidden = out.pop("hidden_states_out")
-                b.logits, b.extras = out.pop("logits", None), out
-        if not self.fused:
-            with self._engine(self.ramp(i), prefetch=after) as eng:
-                for b in live:
-                    out = self.backend.run(eng, b.feeds())
+                out = self.backend.run(eng, self._token_feeds(b, names) if step.embeds else b.feeds())
+                hidden = out.pop("hidden_states_out", None)
+                hidden = out.pop("hidden_states", None) if hidden is None else hidden  # the embeddings' output
+                if hidden is not None:
+                    b.hidden = hidden
+                if step.ramp:
                     b.logits, b.extras = out.pop("logits"), out
 
     def _exit(self, i: int, b: _Batch, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
@@ -303,23 +291,27 @@ class Runner:
                 b.hidden, b.mask = np.ascontiguousarray(b.hidden[:, :width]), np.ascontiguousarray(b.mask[:, :width])
 
     def _walk(self, batches: list[_Batch], out: tuple[np.ndarray, np.ndarray, np.ndarray], stats: RunStats) -> None:
-        """Walk a block of micro-batches layer by layer (a single micro-batch is the latency path)."""
+        """Walk a block of micro-batches step by step (a single micro-batch is the latency path)."""
         self.cache.reserve_activations(self.acts.block([b.shape for b in batches]))
         stats.blocks += 1
         stats.max_block = max(stats.max_block, sum(len(b.active) for b in batches))
-        self._embed(batches, stats)
-        for i in range(self.n):
+        started = time.perf_counter()
+        for b in batches:
+            b.started = started  # the deadline rule's clock starts before the embeddings
+        for k, step in enumerate(self.steps):
             live = [b for b in batches if len(b.active)]
             if not live:
                 break
             t = time.perf_counter()
-            self._run_layer(i, live)
+            self._run_step(k, live)
             for b in live:
-                stats.layers_executed += len(b.active)
-                self._exit(i, b, out)
+                stats.layers_executed += len(b.active) * (step.end - step.start)
+                if step.ramp:
+                    self._exit(step.end - 1, b, out)
             dt = time.perf_counter() - t
-            stats.layer_time_s[i] += dt
             stats.compute_s += dt
+            if step.end:
+                stats.layer_time_s[step.end - 1] += dt
 
     def _new_batch(self, enc: dict[str, np.ndarray], offset: int) -> _Batch:
         n = len(enc["input_ids"])
@@ -426,6 +418,7 @@ class Runner:
         probs = logits if regression else softmax(logits.astype(np.float64))
         for lg, p, layer, rl in zip(logits, probs, layers, ramps, strict=True):
             ran = rl[: int(layer)]
+            ran = ran[~np.isnan(ran).any(-1)]  # ramps that ran (a plan runs only its live ones)
             if regression:
                 preds.append(Prediction(self.labels[0], 0, float(lg[0]), [float(lg[0])], int(layer),
                                         [float(x) for x in ran[:, 0]]))
