@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.backend import Backend, get_backend
 from nanotrt.runtime.errors import NanotrtError
@@ -125,7 +126,9 @@ def resolve_budget(text: str | int | None, manifest: Manifest, variant: str, res
     if m and int(m.group(1)) < 1:
         raise NanotrtError(f"memory budget '{text}' holds no graph: use at least 1layer")
     if m:
-        biggest = max(int(manifest.graphs[n]["bytes"]) for n in manifest.schedule(variant).names())
+        spec = registry.get(variant) if registry.known(variant) else None
+        per_layer = spec.source if spec is not None and spec.kind == "plan" and spec.source else variant
+        biggest = max(int(manifest.graphs[n]["bytes"]) for n in manifest.schedule(per_layer).names())
         seq = int(manifest.tokenizer.get("max_length", 128))
         return int(m.group(1)) * biggest + Activations.from_manifest(manifest).block([(1, seq)]) + reserved
     return parse_size(text)
@@ -179,11 +182,15 @@ class Runner:
                  precision: str = "fp32"):
         self.manifest = manifest
         self.backend = backend
-        self.variant = manifest.resolve_variant(variant, precision, backend.name)  # rule: runtime/variants.py
+        # Nlayers budgets count per-layer graphs, so they resolve before the variant (and a plan) is chosen.
+        planned = manifest.resolve_variant(variant, precision, backend.name)
+        self.variant = manifest.resolve_variant(variant, precision, backend.name,
+                                                resolve_budget(memory_budget, manifest, planned))
         self.schedule = manifest.schedule(self.variant)
         # exit=None: the artifact's calibrated default (`nanotrt calibrate-exit`), else full depth.
-        self.policy = parse_exit(manifest.data.get("default_exit", "none") if exit is None else exit,
-                                 manifest.task_type, manifest.num_layers)
+        # exit=None: the variant's own (a plan's rule, re-chosen on its live ramps), else the artifact's.
+        default = manifest.data["variants"][self.variant].get("default_exit") or manifest.data.get("default_exit", "none")
+        self.policy = parse_exit(default if exit is None else exit, manifest.task_type, manifest.num_layers)
         self.tokenizer = Tokenizer.from_manifest(manifest.root, manifest.tokenizer)
         self.n = manifest.num_layers
         self.labels = manifest.labels
