@@ -218,7 +218,8 @@ def choose_plan(h: Holdout, costs: Costs, fits: Fits, specs: list[str],
 # --- segment graphs: consecutive per-layer graphs composed into one ONNX graph -----------------------------
 
 HIDDEN_IN, HIDDEN_OUTS, MASK = "hidden_states", ("hidden_states", "hidden_states_out"), "attention_mask"
-SEGMENT_ATOL = 1e-5  # same kernels on the same weights as the parts; float reassociation only
+SEGMENT_ATOL = 1e-5
+NAME_SLACK = 4096  # bytes per part a composed graph may grow by: every name gets its part's prefix  # same kernels on the same weights as the parts; float reassociation only
 
 
 def _rename_graph(g: Any, rename: Callable[[str], str]) -> None:
@@ -426,8 +427,9 @@ def fits_budget(m: Any, source: str, budget: int | None, acts: int, sizes: dict[
     sched = m.schedule(source)
 
     def seg_bytes(start: int, end: int, ramp: bool, emb: bool) -> int:
-        return (sum(sizes[g] for g in sched.layers[start:end]) + (sizes[sched.ramps[end - 1]] if ramp else 0)
-                + (sizes[sched.embeddings] if start == 0 and end > 0 and emb else 0))
+        parts = [*sched.layers[start:end], *([sched.ramps[end - 1]] if ramp else []),
+                 *([sched.embeddings] if start == 0 and end > 0 and emb else [])]
+        return sum(sizes[g] + NAME_SLACK for g in parts)
 
     if budget is None:
         return (lambda s, e, r: True), False
@@ -529,7 +531,7 @@ def make_plan(artifact: str | Path, max_loss: float = 0.5, memory_budget: str | 
     choice, tried = choose_plan(h, costs, fits, candidates(m.task_type, m.num_layers, probs is not None, FAMILIES),
                                 max_loss)
     per_layer = [Segment(i, i + 1, True) for i in range(m.num_layers)]
-    record = {"source": source, "task": t.name, "metric": t.main_metric, "holdout": holdout, "max_loss": max_loss,
+    record = {"source": source, "task": t.name, "task_metric": t.main_metric, "holdout": holdout, "max_loss": max_loss,
               "memory_budget": memory_budget or "all", "budget_bytes": budget or 0, "streaming": streaming,
               "full_depth": h.score(logits[:, -1]), **choice.as_dict(), "live_ramps": [i + 1 for i in choice.live],
               "per_layer_predicted_ms": replay(h, costs, per_layer, choice.exit, h.score(logits[:, -1])).seconds * 1000,
@@ -553,3 +555,12 @@ def make_plan(artifact: str | Path, max_loss: float = 0.5, memory_budget: str | 
         install_variant(m, spec.name, options, make)
         record["variant"] = spec.name
     return record
+
+
+def describe(rec: dict[str, Any]) -> str:
+    """One paragraph: the plan, its rule, its holdout loss and predicted latency against per-layer."""
+    segs = " ".join(f"[{s['start'] + 1}-{s['end']}{'*' if s['ramp'] else ''}]" for s in rec["segments"])
+    return (f"{rec.get('variant', rec['source'] + '-plan')}: segments {segs} (* = live ramp); exit {rec['exit']}: "
+            f"{rec['task_metric']} {100 * rec['full_depth']:.2f} -> {100 * rec['metric']:.2f} on {rec['holdout']['count']} "
+            f"held-out train rows at {rec['avg_exit']:.2f} layers; predicted {rec['predicted_ms']:.3f} ms/example "
+            f"vs {rec['per_layer_predicted_ms']:.3f} per layer (budget {rec['memory_budget']})")

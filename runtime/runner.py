@@ -189,8 +189,12 @@ class Runner:
         self.schedule = manifest.schedule(self.variant)
         # exit=None: the artifact's calibrated default (`nanotrt calibrate-exit`), else full depth.
         # exit=None: the variant's own (a plan's rule, re-chosen on its live ramps), else the artifact's.
-        default = manifest.data["variants"][self.variant].get("default_exit") or manifest.data.get("default_exit", "none")
-        self.policy = parse_exit(default if exit is None else exit, manifest.task_type, manifest.num_layers)
+        info = manifest.data["variants"][self.variant]
+        self.exit_source, default = next((src, rule) for src, rule in (
+            ("given", exit), ("plan", info.get("default_exit")), ("calibrated", manifest.data.get("default_exit")),
+            ("none: no calibrated default_exit (run `nanotrt calibrate-exit` or `nanotrt plan`)", "none"))
+            if rule is not None)
+        self.policy = parse_exit(default, manifest.task_type, manifest.num_layers)
         self.tokenizer = Tokenizer.from_manifest(manifest.root, manifest.tokenizer)
         self.n = manifest.num_layers
         self.labels = manifest.labels
@@ -238,6 +242,14 @@ class Runner:
         manifest = Manifest.load(artifact)
         be = get_backend(backend, **backend_options) if isinstance(backend, str) else backend
         return cls(manifest, be, memory_budget, exit, variant, prefetch, precision)
+
+    def describe_plan(self) -> dict[str, Any] | None:
+        """A plan variant's segments, live ramps and predicted latency (None for per-layer variants)."""
+        plan = self.manifest.data["variants"][self.variant].get("plan")
+        if not plan:
+            return None
+        return {"segments": [f"{s['start'] + 1}-{s['end']}" for s in plan["segments"]],
+                "live_ramps": plan["live_ramps"], "predicted_ms": plan["predicted_ms"], "planned_for": plan["memory_budget"]}
 
     def describe_budget(self) -> str:
         return "all" if self.budget is None else fmt_bytes(self.budget)
