@@ -317,6 +317,7 @@ def plan(
     dynamic: Annotated[bool, typer.Option("--dynamic", help="int8: plan the ORT dynamic INT8 variant")] = False,
     task: Annotated[str | None, typer.Option(help="GLUE task (default: the artifact's)")] = None,
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
+    no_exit: Annotated[bool, typer.Option("--no-exit", help="no early exit: the fewest segments the budget allows")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, build nothing")] = False,
 ) -> None:
     """Choose engine boundaries and live ramps for this device, task and budget; build them as a variant."""
@@ -325,7 +326,8 @@ def plan(
     require("train", "`nanotrt plan`")
     from nanotrt.pipeline.plan import describe, make_plan
 
-    rec = make_plan(artifact, max_loss, memory_budget, precision, backend, dynamic, task, data_dir, write=not dry_run)
+    rec = make_plan(artifact, max_loss, memory_budget, precision, backend, dynamic, task, data_dir, write=not dry_run,
+                    exits=not no_exit)
     _out(describe(rec) + (" (dry run)" if dry_run else ""))
 
 

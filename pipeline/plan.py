@@ -504,8 +504,9 @@ def plan_source(m: Any, precision: str, backend: str, dynamic: bool) -> str:
 
 def make_plan(artifact: str | Path, max_loss: float = 0.5, memory_budget: str | None = None, precision: str = "fp32",
               backend: str = "onnxruntime", dynamic: bool = False, task: str | None = None,
-              data_dir: str | None = None, write: bool = True) -> dict[str, Any]:
-    """Choose (and with ``write`` build and record) the plan of ``artifact``; returns the plan record."""
+              data_dir: str | None = None, write: bool = True, exits: bool = True) -> dict[str, Any]:
+    """Choose (and with ``write`` build and record) the plan of ``artifact``; returns the plan record.
+    ``exits=False``: no early exit at all (the plan is then the fewest segments the budget allows)."""
     from nanotrt.pipeline.build import BUILDER_VERSION, install_variant
     from nanotrt.pipeline.calibrate_exit import FAMILIES, candidates, holdout_split, ramp_outputs_on
     from nanotrt.pipeline.glue import compute_metrics, get_task, predictions_from_logits
@@ -528,11 +529,11 @@ def make_plan(artifact: str | Path, max_loss: float = 0.5, memory_budget: str | 
     console.print(f"plan {source}: measuring this device (graphs, calls, runner steps) on {len(split)} held-out rows")
     costs, measured = measure_costs(m, source, split.texts, split.pairs, backend, streaming)
     costs.emb_alone = emb_alone
-    choice, tried = choose_plan(h, costs, fits, candidates(m.task_type, m.num_layers, probs is not None, FAMILIES),
-                                max_loss)
+    specs = candidates(m.task_type, m.num_layers, probs is not None, FAMILIES) if exits else []
+    choice, tried = choose_plan(h, costs, fits, specs, max_loss)
     per_layer = [Segment(i, i + 1, True) for i in range(m.num_layers)]
     record = {"source": source, "task": t.name, "task_metric": t.main_metric, "holdout": holdout, "max_loss": max_loss,
-              "memory_budget": memory_budget or "all", "budget_bytes": budget or 0, "streaming": streaming,
+              "exits": exits, "memory_budget": memory_budget or "all", "budget_bytes": budget or 0, "streaming": streaming,
               "full_depth": h.score(logits[:, -1]), **choice.as_dict(), "live_ramps": [i + 1 for i in choice.live],
               "per_layer_predicted_ms": replay(h, costs, per_layer, choice.exit, h.score(logits[:, -1])).seconds * 1000,
               "measured": measured, "tried": [c.as_dict() for c in tried], "date": time.strftime("%Y-%m-%d %H:%M")}

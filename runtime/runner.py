@@ -248,7 +248,7 @@ class Runner:
         plan = self.manifest.data["variants"][self.variant].get("plan")
         if not plan:
             return None
-        return {"segments": [f"{s['start'] + 1}-{s['end']}" for s in plan["segments"]],
+        return {"segments": [f"{s['start'] + 1}-{s['end']}{'*' if s['ramp'] else ''}" for s in plan["segments"]],
                 "live_ramps": plan["live_ramps"], "predicted_ms": plan["predicted_ms"], "planned_for": plan["memory_budget"]}
 
     def describe_budget(self) -> str:
@@ -419,12 +419,22 @@ class Runner:
         mode = self.resolve_mode(mode, len(texts), batch_size)
         stats = RunStats(layer_time_s=[0.0] * self.n, mode=mode)
         out = self._outputs(len(texts), self.n, len(self.labels))
+        # Micro-batches of similar length pad less: walk the inputs shortest first (characters stand in for
+        # tokens), then put the results back in the caller's order.
+        order = np.argsort([len(t) + len(p) for t, p in zip(texts, pairs or [""] * len(texts), strict=True)],
+                           kind="stable") if batch_size > 1 else None
+        if order is not None:
+            texts = [texts[i] for i in order]
+            pairs = None if pairs is None else [pairs[i] for i in order]
         t0 = time.perf_counter()
         try:
             for block in self._blocks(texts, pairs, batch_size, mode, block_size):
                 self._walk(block, out, stats)
         finally:
             self.cache.reserve_activations(0)
+        if order is not None:
+            back = np.argsort(order)
+            out = (out[0][back], out[1][back], out[2][back])
         stats.wall_s = time.perf_counter() - t0
         stats.samples = len(texts)
         stats.cache = {**self.cache.stats.as_dict(), "backend_reserved_bytes": self.reserved}
