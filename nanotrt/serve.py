@@ -171,6 +171,7 @@ class Service:
         r = self.runner
         return {"status": "ok", "artifact": self.artifact, "variant": r.variant, "backend": r.backend.name,
                 "memory_budget": r.describe_budget(), "streaming": r.streaming, "exit": r.policy.spec,
+                "exit_source": r.exit_source,
                 "labels": list(r.labels), "layers": r.n, "max_length": r.tokenizer.max_length,
                 "max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_ms,
                 "limits": dataclasses.asdict(self.limits)}
