@@ -265,6 +265,16 @@ def create_app(service: Service, batcher: Batcher | None = None) -> Any:
                    413: {"description": "request over the server's limits"},
                    422: {"description": "a text the memory budget cannot hold"}})(predict)
 
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # a bug or an engine failure: the client gets one line; Starlette re-raises it after this response,
+        # so uvicorn writes the traceback to the server log
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        log.error("predict 500: %s: %s", type(exc).__name__, first)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}: {first}): see the server log"},
+                            status_code=500)
+
+    app.add_exception_handler(Exception, internal)
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Artifact, variant, backend, memory budget, exit rule and batching settings of this server."""

@@ -191,6 +191,24 @@ def test_bad_requests_get_4xx_with_one_line() -> None:
         assert call(port, "POST", "/predict", {"texts": ["still serving"]})[0] == 200
 
 
+def test_engine_failure_is_a_one_line_500_and_the_server_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real = Runner.predict
+
+    def flaky(self: Runner, *a: Any, **k: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("ORT says: bad things\nsecond line")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Runner, "predict", flaky)
+    with serving(ServeConfig(str(TINY_ARTIFACT), exit=EXIT)) as (port, _, _):
+        status, body = call(port, "POST", "/predict", {"texts": ["boom"]})
+        assert status == 500 and body == {"error": "internal error (RuntimeError: ORT says: bad things): "
+                                                   "see the server log"}
+        assert call(port, "POST", "/predict", {"texts": ["fine again"]})[0] == 200
+
+
 def test_text_over_the_budget_is_refused_and_its_batch_mates_still_answered() -> None:
     probe = Runner.from_artifact(TINY_ARTIFACT)
     short = probe.tokenizer(["a short one"])["input_ids"].shape[1]
