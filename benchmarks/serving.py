@@ -86,23 +86,23 @@ import json, sys
 from nanotrt.runtime.runner import Runner
 from nanotrt.runtime.profile import proc_status_bytes
 texts = json.loads(sys.stdin.read())
-with Runner.from_artifact(sys.argv[1]) as r:
+with Runner.from_artifact(sys.argv[1], exit=sys.argv[2]) as r:
     for bs in (1, 32):
         r.predict(texts, batch_size=bs)
     print(json.dumps({"peak_rss": proc_status_bytes("VmHWM"), "variant": r.variant, "exit": r.policy.spec}))
 """
 
 
-def runner_alone(art: str, texts: list[str]) -> dict[str, Any]:
-    p = subprocess.run([sys.executable, "-c", RUNNER_ALONE, art], input=json.dumps(texts), capture_output=True,
+def runner_alone(art: str, exit: str, texts: list[str]) -> dict[str, Any]:
+    p = subprocess.run([sys.executable, "-c", RUNNER_ALONE, art, exit], input=json.dumps(texts), capture_output=True,
                        text=True, check=True)
     return dict(json.loads(p.stdout))
 
 
-def reference(art: str, texts: list[str]) -> dict[str, tuple[str, int]]:
+def reference(art: str, exit: str, texts: list[str]) -> dict[str, tuple[str, int]]:
     from nanotrt.runtime.runner import Runner
 
-    with Runner.from_artifact(art) as r:
+    with Runner.from_artifact(art, exit=exit) as r:
         res = r.predict(texts, batch_size=32)
     return {t: (p.label, p.exit_layer) for t, p in zip(texts, res.predictions, strict=True)}
 
@@ -118,12 +118,12 @@ if ls is not None:
         """LitServe's own batching: requests batched (up to max_batch_size, waiting batch_timeout), all
         their texts in one Runner.predict in the inference worker process."""
 
-        artifact = ""
+        artifact, exit = "", "none"
 
         def setup(self, device: str) -> None:
             from nanotrt.runtime.runner import Runner
 
-            self.runner = Runner.from_artifact(self.artifact)
+            self.runner = Runner.from_artifact(self.artifact, exit=self.exit)
 
         def decode_request(self, request: dict[str, Any]) -> list[str]:
             return list(request["texts"])
@@ -150,9 +150,9 @@ if ls is not None:
     NanotrtLitAPI.decode_request.__annotations__ = {}
 
 
-def litserve_child(art: str, port: int, max_batch_size: int, max_wait_ms: float) -> None:
+def litserve_child(art: str, exit: str, port: int, max_batch_size: int, max_wait_ms: float) -> None:
     api = NanotrtLitAPI(max_batch_size=max_batch_size, batch_timeout=max_wait_ms / 1000, api_path="/predict")
-    api.artifact = art
+    api.artifact, api.exit = art, exit
     ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60).run(port=port, host="127.0.0.1",
                                                                                log_level="warning")
 
@@ -166,11 +166,11 @@ SERVERS: dict[str, dict[str, Any]] = {
 }
 
 
-def start(kind: str, args: list[str], art: str, port: int) -> subprocess.Popen[bytes]:
+def start(kind: str, args: list[str], art: str, exit: str, port: int) -> subprocess.Popen[bytes]:
     if kind == "nanotrt":
-        cmd = [sys.executable, "-m", "nanotrt", "serve", art, "--port", str(port), *args]
+        cmd = [sys.executable, "-m", "nanotrt", "serve", art, "--exit", exit, "--port", str(port), *args]
     else:
-        cmd = [sys.executable, __file__, "--litserve-child", art, str(port), *args]
+        cmd = [sys.executable, __file__, "--litserve-child", art, exit, str(port), *args]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -235,7 +235,7 @@ async def level(port: int, texts: list[str], rate: float, seconds: float, cap: i
 async def sweep(spec: dict[str, Any], art: str, texts: list[str], args: argparse.Namespace,
                 ref: dict[str, tuple[str, int]]) -> dict[str, Any]:
     name, port = spec["name"], free_port()
-    proc = start(spec["kind"], spec["args"], art, port)
+    proc = start(spec["kind"], spec["args"], art, args.exit, port)
     try:
         await wait_up(port, proc)
         await level(port, texts, 50, 1.0, 50, ref)  # warm-up
@@ -322,19 +322,21 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=2000, help="most requests of a load level")
     ap.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, of {', '.join(SERVERS)}")
     ap.add_argument("--out", default=str(OUT / "serving"))
-    ap.add_argument("--litserve-child", nargs=4, metavar=("ART", "PORT", "BATCH", "WAIT_MS"), help=argparse.SUPPRESS)
+    ap.add_argument("--exit", default="patience=3", help="exit rule of every server and of the reference")
+    ap.add_argument("--litserve-child", nargs=5, metavar=("ART", "EXIT", "PORT", "BATCH", "WAIT_MS"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.litserve_child:
-        art, port, bs, wait = args.litserve_child
-        return litserve_child(art, int(port), int(bs), float(wait))
+        art, exit, port, bs, wait = args.litserve_child
+        return litserve_child(art, exit, int(port), int(bs), float(wait))
 
     from nanotrt.pipeline.glue import read_split
     from nanotrt.runtime.fsutil import atomic_file, write_json
 
     texts = read_split("cola", "dev").texts
     before = [round(x, 2) for x in os.getloadavg()]
-    alone = runner_alone(args.artifact, texts)
-    ref = reference(args.artifact, texts)
+    alone = runner_alone(args.artifact, args.exit, texts)
+    ref = reference(args.artifact, args.exit, texts)
     keys = [k for k in args.servers.split(",") if k and (k != "litserve" or _has("litserve"))]
     results = {k: asyncio.run(sweep(SERVERS[k], args.artifact, texts, args, ref)) for k in keys}
     on, off = (results[k]["max_rps_at_p95_target"] if k in results else 0.0 for k in ("batching", "off"))
