@@ -209,7 +209,7 @@ def make_batcher(service: Service) -> Batcher:
             return await asyncio.to_thread(service.predict_batch, samples)
         return direct
     processor: Any = _batched().AsyncBatchProcessor(service.predict_batch, batch_size=service.max_batch_size,
-                                         timeout_ms=service.max_wait_ms)
+                                                    timeout_ms=service.max_wait_ms)
 
     async def batched(samples: list[Sample]) -> list[Outcome]:
         return list(await processor(samples))
