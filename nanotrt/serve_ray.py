@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ def deployment(config: ServeConfig, replicas: int = 1, num_cpus: float = 1.0) ->
         def __init__(self, cfg: ServeConfig):
             setup_logging()
             self.service = cfg.service()
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="nanotrt-predict")  # as in nanotrt serve
             batching: Any = self.sample  # @serve.batch's handle: the settings come from the command line
             batching.set_max_batch_size(cfg.max_batch_size)
             batching.set_batch_wait_timeout_s(cfg.max_wait_ms / 1000)
@@ -51,7 +53,7 @@ def deployment(config: ServeConfig, replicas: int = 1, num_cpus: float = 1.0) ->
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
         async def sample(self, samples: list[Sample]) -> list[Outcome]:
             # in a thread: the replica's event loop keeps taking requests while the batch runs
-            return await asyncio.to_thread(self.service.predict_batch, samples)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self.service.predict_batch, samples)
 
         async def samples(self, samples: list[Sample]) -> list[Outcome]:
             return list(await asyncio.gather(*(self.sample(s) for s in samples)))

@@ -152,10 +152,12 @@ def test_1000_mixed_requests_from_16_clients_equal_runner_predict() -> None:
 def test_requests_are_batched_across_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     """The dynamic batcher really hands samples of several requests to one Runner.predict call."""
     sizes: list[int] = []
+    threads: set[str] = set()
     real = Service.predict_batch
 
     def spy(self: Service, samples: Any) -> Any:
         sizes.append(len(samples))
+        threads.add(threading.current_thread().name)
         return real(self, samples)
 
     monkeypatch.setattr(Service, "predict_batch", spy)
@@ -164,6 +166,7 @@ def test_requests_are_batched_across_clients(monkeypatch: pytest.MonkeyPatch) ->
         got = load(port, reqs)
     assert all(s == 200 for s, _ in got)
     assert sum(sizes) == 64 and max(sizes) > 1 and max(sizes) <= 16, sizes
+    assert len(threads) == 1 and threads.pop().startswith("nanotrt-predict")  # one predict thread
 
 
 BAD = [
