@@ -146,7 +146,7 @@ def quantize_whole(art: Path, out: Path, texts: list[str]) -> dict[str, Any]:
             return dict(cached)
     with atomic_file(out) as tmp:  # folds ALBERT's Identity-routed shared weights first (calibration.quantize)
         quantize_dynamic_int8(m.verify("whole"), tmp)
-    tok = Tokenizer.from_manifest(m.root, m.tokenizer)
+    tok = Tokenizer.from_manifest(m)
     batches = [tok(texts[i:i + 4]) for i in range(0, len(texts), 4)]
     info = {**stamp, "bytes": out.stat().st_size,
             "rel_error_vs_fp32": relative_error(m.verify("whole"), out, batches)}
@@ -222,7 +222,7 @@ def _tokenizer(artifact: str) -> Any:
     from nanotrt.runtime.tokenize import Tokenizer
 
     m = Manifest.load(artifact)
-    return Tokenizer.from_manifest(m.root, m.tokenizer)
+    return Tokenizer.from_manifest(m)
 
 
 def _hf_eager(path: str) -> tuple[Any, Callable[[dict[str, Any]], Any]]:

@@ -87,9 +87,9 @@ def collect(artifact: Manifest, split: Sentences, task: str, batch_size: int = 1
     if len(split) == 0:
         raise NanotrtError("no calibration sentences: use --calib-size N with N >= 1 (default 512)")
 
-    tok = Tokenizer.from_manifest(artifact.root, artifact.tokenizer)
+    tok = Tokenizer.from_manifest(artifact)
     sched = artifact.schedule(variant)
-    table = np.load(artifact.verify(artifact.data["lookup"]), mmap_mode="r")
+    table = artifact.word_table()
     sessions = {n: ort.InferenceSession(str(artifact.verify(n)), providers=["CPUExecutionProvider"])
                 for n in sched.names() if artifact.graphs[n].get("format") == "onnx"}
 

@@ -34,14 +34,21 @@ def export(
     num_labels: Annotated[int | None, typer.Option(help="labels for a plain HF model (1 = regression)")] = None,
     torch_reference: Annotated[bool, typer.Option(help="keep the PyTorch checkpoint for the torch backend")] = True,
     whole: Annotated[bool, typer.Option(help="also export the whole model as one graph (bench baseline)")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace -o even if it is a folder with files that is not "
+                                                        "an artifact (never without: nothing of yours is deleted)")] = False,
 ) -> None:
     """Cut a model into embeddings / layer / ramp ONNX graphs plus manifest.json."""
     require("export", "`nanotrt export`")
     from nanotrt.pipeline.export import export_model
     from nanotrt.pipeline.model import load_model
 
+    from nanotrt.pipeline.export import is_artifact
+    from nanotrt.runtime.fsutil import check_output_dir
+
+    check_output_dir(out, is_artifact, force, "nanotrt artifact", keep=(model_dir,))  # before loading the model
     model = load_model(model_dir, num_labels=num_labels, pooling=pooling)
-    export_model(model_dir, out, max_length=max_length, model=model, include_checkpoint=torch_reference, whole=whole)
+    export_model(model_dir, out, max_length=max_length, model=model, include_checkpoint=torch_reference, whole=whole,
+                 force=force)
 
 
 @app.command()

@@ -73,7 +73,7 @@ def _encode_all(spec: RowSpec) -> tuple[Task, Any, list[dict[str, np.ndarray]], 
     task = get_task(spec.task)
     split = read_split(task, "dev", spec.data_dir, limit=spec.limit)
     m = Manifest.load(spec.artifact)
-    tok = Tokenizer.from_manifest(m.root, m.tokenizer)
+    tok = Tokenizer.from_manifest(m)
     bs = spec.batch_size
     batches = [tok(split.texts[i:i + bs], split.pairs[i:i + bs] if split.pairs else None)
                for i in range(0, len(split), bs)]

@@ -174,7 +174,7 @@ def _build_whole_int8(m: Manifest, calib_task: str, data_dir: str | Path | None)
         except NanotrtError:
             pass
     split = read_split(calib_task, "train", data_dir, limit=64)
-    tok = Tokenizer.from_manifest(m.root, m.tokenizer)
+    tok = Tokenizer.from_manifest(m)
     feeds = [tok(split.texts[i:i + 16], split.pairs[i:i + 16] if split.pairs else None) for i in range(0, len(split), 16)]
     staging = m.root / f".{WHOLE_INT8}.{secrets.token_hex(4)}.tmp"
     final_dir = m.root / f"{WHOLE_INT8}.{secrets.token_hex(4)}"

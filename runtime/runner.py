@@ -29,7 +29,7 @@ from nanotrt.runtime.backend import Backend, get_backend
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.exits import ExitPolicy, StepContext, bind_policy, parse_exit, softmax
 from nanotrt.runtime.residency import ResidencyCache, fmt_bytes, parse_size
-from nanotrt.runtime.tokenize import Tokenizer
+from nanotrt.runtime.tokenize import Tokenizer, as_inputs, check_count
 
 MODES = ("auto", "latency", "block")
 MAX_BLOCK = 512  # examples per block when the budget would allow more: loads are amortized long before
@@ -180,16 +180,16 @@ class Runner:
         self.manifest = manifest
         self.backend = backend
         self.variant = manifest.resolve_variant(variant, precision, backend.name)  # rule: runtime/variants.py
+        manifest.hold(self.variant)  # a rebuild elsewhere keeps this variant's files while the runner lives
         self.schedule = manifest.schedule(self.variant)
         # exit=None: the artifact's calibrated default (`nanotrt calibrate-exit`), else full depth.
         self.policy = parse_exit(manifest.data.get("default_exit", "none") if exit is None else exit,
                                  manifest.task_type, manifest.num_layers)
         self._bind_exit(manifest, backend)
-        self.tokenizer = Tokenizer.from_manifest(manifest.root, manifest.tokenizer)
+        self.tokenizer = Tokenizer.from_manifest(manifest)
         self.n = manifest.num_layers
         self.labels = manifest.labels
-        lookup = manifest.data.get("lookup")
-        self.word_table = np.load(manifest.verify(lookup), mmap_mode="r") if lookup else None
+        self.word_table = manifest.word_table()  # verified, shape-checked, memory-mapped
         # A fused variant (`nanotrt build --fused`) names one graph for layer i and its ramp: one call per layer.
         self.fused = all(lay == ramp for lay, ramp in zip(self.schedule.layers, self.schedule.ramps, strict=True))
         order = [self.schedule.embeddings]
@@ -223,7 +223,7 @@ class Runner:
         from nanotrt.runtime.profile import load_profile
 
         outs = {o["name"] for o in manifest.graphs[self.schedule.ramps[0]].get("outputs", [])}
-        bind_policy(self.policy, outs, load_profile(manifest.root, self.variant, backend.name))
+        bind_policy(self.policy, outs, load_profile(manifest, self.variant, backend.name))
 
     @classmethod
     def from_artifact(cls, artifact: str | Path, backend: str | Backend = "onnxruntime",
@@ -397,14 +397,9 @@ class Runner:
         walks each micro-batch through all layers; ``block`` walks blocks of up to ``block_size`` examples
         (default: what the budget allows, at most MAX_BLOCK) layer by layer; ``auto`` picks block when
         engines are swapped and there are more inputs than one micro-batch. Same predictions either way."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if batch_size < 1:
-            raise NanotrtError("batch size must be >= 1")
-        if block_size is not None and block_size < 1:
-            raise NanotrtError("block size must be >= 1")
-        if pairs is not None and len(pairs) != len(texts):
-            raise NanotrtError(f"got {len(texts)} texts but {len(pairs)} pairs: give one pair per text")
+        texts, pairs = as_inputs(texts, pairs)  # one string is one text; types checked
+        batch_size = check_count(batch_size, "batch size")
+        block_size = None if block_size is None else check_count(block_size, "block size")
         mode = self.resolve_mode(mode, len(texts), batch_size)
         stats = RunStats(layer_time_s=[0.0] * self.n, mode=mode)
         out = self._outputs(len(texts), self.n, len(self.labels))

@@ -31,7 +31,7 @@ def _run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray
 
 
 def _encode(manifest: Manifest, texts: list[str], pairs: list[str] | None) -> dict[str, np.ndarray]:
-    return Tokenizer.from_manifest(manifest.root, manifest.tokenizer)(texts, pairs)
+    return Tokenizer.from_manifest(manifest)(texts, pairs)
 
 
 @pytest.mark.parametrize("with_pairs", [False, True])
