@@ -19,8 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 from nanotrt.pipeline.glue import label_names
-from nanotrt.pipeline.model import (OffRampModel, check_max_length, load_model, load_tokenizer, position_limit,
-                                    save_checkpoint)
+from nanotrt.pipeline.model import (
+    OffRampModel,
+    check_max_length,
+    load_model,
+    load_tokenizer,
+    position_limit,
+    save_checkpoint,
+)
 from nanotrt.runtime.artifact import FORMAT, MANIFEST, Manifest, Schedule, new_manifest
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import atomic_dir, check_output_dir, sha256_file

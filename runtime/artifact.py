@@ -443,8 +443,6 @@ def _check_graphs(data: dict[str, Any]) -> None:
         shape = data["graphs"][lookup].get("shape")
         if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(x, int) and x > 0 for x in shape)):
             raise ValueError(f"graphs.{lookup}.shape should be [rows, hidden_size]")
-        if shape[1] != data["hidden_size"]:
-            raise ValueError(f"the word table is {shape[0]} x {shape[1]} but hidden_size is {data['hidden_size']}")
         payload = 4 * shape[0] * shape[1]  # float32; the .npy header is at most a few KB
         if not payload < data["graphs"][lookup]["bytes"] <= payload + 65536:
             raise ValueError(f"graphs.{lookup}.bytes does not fit a float32 table of shape {shape}")
@@ -472,11 +470,16 @@ def _check_position(data: dict[str, Any], where: str, gname: str, pos: str, inde
     if _NEEDS[pos] not in outs:
         raise ValueError(f"graph {gname} at {where} has no '{_NEEDS[pos]}' output (it has {sorted(outs)})")
     h = data["hidden_size"]
-    for side, io in (("inputs", "hidden_states"), ("inputs", "inputs_embeds"), ("outputs", "hidden_states"),
-                     ("outputs", "hidden_states_out")):
+    for side, io in (("inputs", "hidden_states"), ("outputs", "hidden_states"), ("outputs", "hidden_states_out")):
         d = _dims(g, side, io)
         if d and isinstance(d[-1], int) and d[-1] != h:
             raise ValueError(f"graph {gname} at {where}: {io} is {d[-1]} wide, hidden_size is {h}")
+    d = _dims(g, "inputs", "inputs_embeds")
+    if d and isinstance(d[-1], int) and data.get("lookup") is not None:
+        rows, width = data["graphs"][data["lookup"]]["shape"]
+        if d[-1] != width:
+            raise ValueError(f"graph {gname} at {where} takes {d[-1]}-wide embeddings but the word table is "
+                             f"{rows} x {width}")
     if pos == "ramp":
         d = _dims(g, "outputs", "logits")
         width = len(data["labels"])
