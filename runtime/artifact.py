@@ -221,8 +221,8 @@ class Manifest:
             return f
         if st.st_size != size:
             self._verified.pop(str(f), None)
-            raise ArtifactError(f"{what} {f} is {st.st_size} bytes, the manifest says {size} (corrupted, "
-                                "truncated or modified): re-run `nanotrt export` / `nanotrt build`")
+            raise ArtifactError(f"{what} {f} does not match its sha256 in the manifest (it is {st.st_size} bytes, "
+                                f"not {size}: truncated or modified): re-run `nanotrt export` / `nanotrt build`")
         try:
             ok = sha256_file(f, limit=size) == sha
         except OSError as e:

@@ -174,18 +174,15 @@ def check_output_dir(final: Path, is_ours: Any, force: bool, what: str, keep: tu
 
 # --- one writer per artifact; generations of built files ----------------------------------------
 
-WRITER_LOCK = ".nanotrt-writer.lock"
-
-
 @contextlib.contextmanager
 def writer_lock(root: Path) -> Iterator[None]:
-    """Serialize writers of one artifact (`nanotrt build`, `profile`, `calibrate-exit`): a second one waits,
-    saying for what, and re-reads the manifest after. The kernel drops the lock when a writer dies."""
-    path = Path(root) / WRITER_LOCK
+    """Serialize writers of one artifact (`nanotrt build`, `profile`, `calibrate-exit`): an exclusive flock on
+    the artifact folder itself (no lock file to leave behind); a second writer waits, saying for what, and
+    re-reads the manifest after. The kernel drops the lock when a writer dies."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        raise NanotrtError(f"cannot write to the artifact {root} ({e.strerror}): check its permissions") from e
+        raise NanotrtError(f"cannot open the artifact {root} ({e.strerror}): check that it exists") from e
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
