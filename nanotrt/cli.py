@@ -163,11 +163,16 @@ def _chunks(rows: Iterator[Row], first: int, most: int) -> Iterator[list[Row]]:
     """Rows in growing chunks: the first result prints at once, later chunks are long enough for block mode
     to amortize engine loads (runner.MAX_BLOCK)."""
     size, chunk = first, []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
+    try:
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= size:
+                yield chunk
+                chunk, size = [], min(2 * size, most)
+    except NanotrtError:  # a bad line: the lines read before it are classified and printed first
+        if chunk:
             yield chunk
-            chunk, size = [], min(2 * size, most)
+        raise
     if chunk:
         yield chunk
 

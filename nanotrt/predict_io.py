@@ -145,7 +145,7 @@ def file_rows(stream: IO[bytes], name: str, encoding: str, max_chars: int, count
 
 
 def _row(where: str, n: int, sides: list[str], counts: Counts) -> Row | None:
-    if len(sides) == 1 and not sides[0].strip():
+    if not "".join(sides).strip():  # blank, or only whitespace and TABs
         counts.skipped += 1
         return None
     if any(not s.strip() for s in sides):
