@@ -150,6 +150,10 @@ def as_inputs(texts: Any, pairs: Any = None) -> tuple[list[str], list[str] | Non
         pairs = [pairs] if isinstance(pairs, str) else _sequence(pairs, "pairs")
         if len(pairs) != len(texts):
             raise NanotrtError(f"got {len(texts)} texts but {len(pairs)} pairs: give one pair per text")
+    for what, items in (("texts", texts), ("pairs", pairs or [])):
+        i = next((i for i, t in enumerate(items) if not isinstance(t, str)), None)
+        if i is not None:
+            raise NanotrtError(f"{what}[{i}] is a {type(items[i]).__name__}, not a string: pass text")
     return texts, pairs
 
 

@@ -706,9 +706,10 @@ def test_json_output_is_strict_and_non_finite_is_an_error() -> None:
 def test_huge_lines_cost_no_more_memory_than_short_ones(tmp_path: Path) -> None:
     """Peak RSS of `predict` on one huge line (and pair) stays within a few MB of a short line's: the input is
     bounded before tokenization and pair truncation is linear (before: ~1 GB for a 33 KB pair line)."""
-    code = ("import sys, resource; from nanotrt.cli import main; sys.argv = ['nanotrt', 'predict', sys.argv[1], "
-            "'-f', sys.argv[2], '--memory-budget', '1layer']\ntry: main()\nexcept SystemExit as e: rc = e.code\n"
-            "print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    code = ("import sys; from nanotrt.cli import main; from nanotrt.runtime.profile import proc_status_bytes\n"
+            "sys.argv = ['nanotrt', 'predict', sys.argv[1], '-f', sys.argv[2], '--memory-budget', '1layer']\n"
+            "try: main()\nexcept SystemExit as e: rc = e.code\n"  # VmHWM: ru_maxrss survives exec (pytest's)
+            "print(rc, proc_status_bytes('VmHWM') // 1024, file=sys.stderr)")
     peaks = {}
     for name, line in [("short", b"a short line\n"), ("5MB", b"word " * 1_000_000 + b"\n"),
                        ("pair", b"word " * 200_000 + b"\t" + b"other " * 200_000 + b"\n")]:
@@ -716,7 +717,7 @@ def test_huge_lines_cost_no_more_memory_than_short_ones(tmp_path: Path) -> None:
         f.write_bytes(line)
         p = subprocess.run([sys.executable, "-c", code, str(TINY), str(f)], capture_output=True, text=True, timeout=300)
         rc, kb = p.stderr.strip().splitlines()[-1].split()
-        assert rc == "None", p.stderr
+        assert rc == "0", p.stderr
         peaks[name] = int(kb) / 1024
     assert max(peaks.values()) - peaks["short"] < 40, peaks  # MB: the kept prefix, not the line
 
@@ -731,7 +732,7 @@ def test_library_argument_types() -> None:
         ({"texts": b"bytes"}, "texts should be a string or a list of strings, not bytes"),
         ({"texts": {"a": 1}}, "not dict"),
         ({"texts": ["a"], "pairs": ["b", "c"]}, "got 1 texts but 2 pairs"),
-        ({"texts": ["a", 3]}, "text 1 of 2 in this batch is a int"),
+        ({"texts": ["a", 3]}, "texts[1] is a int, not a string"),
         ({"texts": ["a"], "batch_size": True}, "batch size must be >= 1"),
         ({"texts": ["a"], "batch_size": 2.5}, "batch size must be >= 1"),
         ({"texts": ["a"], "block_size": 0}, "block size must be >= 1"),
