@@ -204,7 +204,8 @@ class Manifest:
             self.verify_file(entry["data"]["file"], entry["data"]["bytes"], entry["data"]["sha256"], "graph data file")
         return p
 
-    def verify_file(self, rel: str, size: int, sha: str, what: str = "file") -> Path:
+    def verify_file(self, rel: str, size: int, sha: str, what: str = "file",
+                    fix: str = "re-run `nanotrt export` / `nanotrt build`") -> Path:
         """``rel`` inside the artifact, a regular file of ``size`` bytes whose sha256 is ``sha``, else one
         error naming it. Cached per (size, mtime, inode): hashing 28 MB per swap would cost more than the load."""
         f = confined(self.root, rel, what)
@@ -212,8 +213,7 @@ class Manifest:
             st = os.stat(f)  # follows a symlink that `confined` showed stays inside
         except OSError:  # missing, or deleted between the checks
             self._verified.pop(str(f), None)
-            raise ArtifactError(f"{what} {f} listed in the manifest is missing or unreadable: "
-                                "re-run `nanotrt export` / `nanotrt build`") from None
+            raise ArtifactError(f"{what} {f} listed in the manifest is missing or unreadable: {fix}") from None
         if not stat.S_ISREG(st.st_mode):  # a FIFO or /dev/zero would hang the hash
             raise ArtifactError(f"{what} {f} listed in the manifest is not a regular file: re-run `nanotrt export`")
         stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
@@ -222,7 +222,7 @@ class Manifest:
         if st.st_size != size:
             self._verified.pop(str(f), None)
             raise ArtifactError(f"{what} {f} does not match its sha256 in the manifest (it is {st.st_size} bytes, "
-                                f"not {size}: truncated or modified): re-run `nanotrt export` / `nanotrt build`")
+                                f"not {size}: truncated or modified): {fix}")
         try:
             ok = sha256_file(f, limit=size) == sha
         except OSError as e:
@@ -230,10 +230,7 @@ class Manifest:
                                 "permissions") from e
         if not ok:
             self._verified.pop(str(f), None)
-            raise ArtifactError(
-                f"{what} {f} does not match its sha256 in the manifest (corrupted or modified): "
-                "re-run `nanotrt export` / `nanotrt build`"
-            )
+            raise ArtifactError(f"{what} {f} does not match its sha256 in the manifest (corrupted or modified): {fix}")
         self._verified[str(f)] = stamp
         return f
 
@@ -264,7 +261,7 @@ class Manifest:
         entry = self.data.get("profiles", {}).get(variant)
         if entry is None:
             return None
-        return self.verify_file(entry["file"], entry["bytes"], entry["sha256"], "profile")
+        return self.verify_file(entry["file"], entry["bytes"], entry["sha256"], "profile", "re-run `nanotrt profile`")
 
     # --- generations: a rebuilt variant's old folder stays while a reader holds it -------------
     def hold(self, variant: str) -> None:
