@@ -90,6 +90,7 @@ def collect(artifact: Manifest, split: Sentences, task: str, batch_size: int = 1
     tok = Tokenizer.from_manifest(artifact)
     sched = artifact.schedule(variant)
     table = artifact.word_table()
+    assert table is not None, "an exported artifact has its word table"
     sessions = {n: ort.InferenceSession(str(artifact.verify(n)), providers=["CPUExecutionProvider"])
                 for n in sched.names() if artifact.graphs[n].get("format") == "onnx"}
 

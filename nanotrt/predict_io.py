@@ -108,7 +108,7 @@ class LineReader:
         return len(data) > room
 
 
-def _decode(data: bytes, encoding: str, where: str, cut: bool) -> str:
+def _decode(data: bytes | bytearray, encoding: str, where: str, cut: bool) -> str:
     """Strict decoding; a side that was cut may end inside a character, which is dropped, not an error."""
     dec = codecs.getincrementaldecoder(encoding)(errors="strict")
     try:
