@@ -236,7 +236,10 @@ def predict(
         typer.echo(f"warning: {runner.tokenizer.truncated} of {totals['samples']} input(s) longer than "
                    f"{runner.tokenizer.max_length} tokens were truncated", err=True)
     if stats:
-        typer.echo(json.dumps({**totals, "budget": runner.describe_budget()}, indent=1, allow_nan=False), err=True)
+        typer.echo(json.dumps({"variant": totals.get("variant"), "exit": runner.policy.spec,
+                               "exit_source": runner.exit_source, "plan": runner.describe_plan(),
+                               "ms_per_example": 1000 * totals["wall_s"] / max(totals["samples"], 1), **totals,
+                               "budget": runner.describe_budget()}, indent=1, allow_nan=False), err=True)
 
 
 def _stream(runner: Any, rows: Iterator[Row], batch_size: int, mode: str, block_size: int | None, as_json: bool,
@@ -314,6 +317,30 @@ def calibrate_exit(
     _out(f"{rec['task']} ({h['count']} held-out train rows{', SEEN in training' if h['seen_in_training'] else ''}): "
          f"full depth {100 * rec['full_depth']:.2f} {rec['metric']}; default_exit {c['spec']}: "
          f"{100 * c['metric']:.2f} at {c['avg_exit']:.2f} layers{' (dry run)' if dry_run else ''}")
+
+
+@app.command()
+def plan(
+    artifact: Annotated[Path, typer.Argument(help="artifact dir")],
+    max_loss: Annotated[float, typer.Option(help="metric points below full depth allowed (on held-out TRAIN rows)")] = 0.5,
+    memory_budget: Annotated[str | None, typer.Option(help="all | bytes | Nlayers: every segment fits with its activations")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
+    backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt")] = "onnxruntime",
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="int8: plan the ORT dynamic INT8 variant")] = False,
+    task: Annotated[str | None, typer.Option(help="GLUE task (default: the artifact's)")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
+    no_exit: Annotated[bool, typer.Option("--no-exit", help="no early exit: the fewest segments the budget allows")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, build nothing")] = False,
+) -> None:
+    """Choose engine boundaries and live ramps for this device, task and budget; build them as a variant."""
+    from nanotrt.extras import require
+
+    require("train", "`nanotrt plan`")
+    from nanotrt.pipeline.plan import describe, make_plan
+
+    rec = make_plan(artifact, max_loss, memory_budget, precision, backend, dynamic, task, data_dir, write=not dry_run,
+                    exits=not no_exit)
+    _out(describe(rec) + (" (dry run)" if dry_run else ""))
 
 
 @app.command()

@@ -9,6 +9,7 @@ file); the next build sweeps what an interrupted one left inside the artifact.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import numpy as np
 from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest, Schedule
 from nanotrt.runtime.errors import NanotrtError
-from nanotrt.runtime.fsutil import Generation, generation, sweep_generations, writer_lock
+from nanotrt.runtime.fsutil import generation, sweep_generations, writer_lock
 from nanotrt.runtime.progress import console, progress
 
 # Max relative L2 error of a graph's output (on its FP32 calibration inputs) before it is kept in FP32.
@@ -147,10 +148,9 @@ def _build_locked(artifact: str | Path, backend: str, fp16: bool, int8: bool, ca
             from nanotrt.pipeline.glue import read_split
 
             calib = collect(m, read_split(calib_task or "", "train", data_dir, limit=calib_size), calib_task or "")
-        with generation(m.root, variant) as gen:
-            graphs, sched, info = _build_variant(m, spec, gen.staging, calib, calib_method,
-                                                 int8_tolerance, trt_mod, trt_options or {})
-            m = _commit_variant(m, gen, variant, graphs, sched, {"options": options, **info})
+        make = functools.partial(_build_variant, m, spec, calib=calib, calib_method=calib_method,
+                                 tolerance=int8_tolerance, trt_mod=trt_mod, trt_options=trt_options or {})
+        m, info = install_variant(m, variant, options, lambda out, make=make: make(out=out))
         built.append(variant)
         console.print(f"{variant}: built ({info.get('summary', '')})")
     if int8 and backend == "onnxruntime" and "whole" in m.graphs:
@@ -158,27 +158,34 @@ def _build_locked(artifact: str | Path, backend: str, fp16: bool, int8: bool, ca
     return built
 
 
-def _commit_variant(m: Manifest, gen: Generation, variant: str, graphs: dict[str, tuple[str, dict[str, Any]]],
-                    sched: Schedule, info: dict[str, Any]) -> Manifest:
-    """Switch a built variant in: its new folder under its final name, then one manifest rename; the old
-    folder is retired. Returns the manifest now on disk."""
+Made = tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]  # graphs, schedule, variant info
+
+
+def install_variant(m: Manifest, variant: str, options: dict[str, Any], make: Callable[[Path], Made]
+                    ) -> tuple[Manifest, dict[str, Any]]:
+    """Build ``variant`` into a staging folder inside the artifact (``make(folder)`` returns its graphs, given
+    as (file in the folder, manifest fields), its schedule and info), then switch (``fsutil.generation``): the
+    folder renamed into place, one manifest rename, the previous folder retired (removed unless a running reader
+    holds it). Under the artifact's writer lock. Returns the new manifest and the info."""
     now: list[Manifest] = []
+    with writer_lock(m.root), generation(m.root, variant) as gen:
+        graphs, sched, info = make(gen.staging)
 
-    def switch(final_dir: Path) -> str | None:
-        fresh = Manifest.load(m.root)
-        old = fresh.data["variants"].get(variant, {}).get("dir")
-        for name in [n for n, e in fresh.graphs.items() if e.get("variant") == variant]:
-            del fresh.graphs[name]
-        for name, (path, fields) in graphs.items():
-            fresh.add_graph(name, final_dir / path, variant=variant, **fields)
-        fresh.set_variant(variant, sched, dir=final_dir.name, **info)
-        fresh.save()
-        m.release()  # this build's own reads of the old folder must not keep it
-        now.append(fresh)
-        return old
+        def switch(final_dir: Path) -> str | None:
+            fresh = Manifest.load(m.root)
+            old = fresh.data["variants"].get(variant, {}).get("dir")
+            for name in fresh.variant_graphs(variant):
+                del fresh.graphs[name]
+            for name, (path, fields) in graphs.items():
+                fresh.add_graph(name, final_dir / path, variant=variant, **fields)
+            fresh.set_variant(variant, sched, dir=final_dir.name, options=options, **info)
+            fresh.save()
+            m.release()  # this process's own reads of the old folder must not keep it
+            now.append(fresh)
+            return old
 
-    gen.commit(switch)
-    return now[0]
+        gen.commit(switch)
+    return now[0], info
 
 
 WHOLE_INT8 = "whole-int8-dynamic"  # graph name of the bench's INT8 one-graph baseline

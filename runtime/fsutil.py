@@ -174,11 +174,18 @@ def check_output_dir(final: Path, is_ours: Any, force: bool, what: str, keep: tu
 
 # --- one writer per artifact; generations of built files ----------------------------------------
 
+_WRITING: set[str] = set()  # artifacts this process holds the writer lock of
+
+
 @contextlib.contextmanager
 def writer_lock(root: Path) -> Iterator[None]:
     """Serialize writers of one artifact (`nanotrt build`, `profile`, `calibrate-exit`): an exclusive flock on
     the artifact folder itself (no lock file to leave behind); a second writer waits, saying for what, and
     re-reads the manifest after. The kernel drops the lock when a writer dies."""
+    key = os.path.realpath(root)
+    if key in _WRITING:  # re-entrant within a process (build -> install_variant)
+        yield
+        return
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
@@ -189,7 +196,11 @@ def writer_lock(root: Path) -> Iterator[None]:
         except BlockingIOError:
             print(f"note: waiting for another nanotrt process writing {root} to finish", file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        _WRITING.add(key)
+        try:
+            yield
+        finally:
+            _WRITING.discard(key)
     finally:
         os.close(fd)  # releases the lock
 
