@@ -30,7 +30,7 @@ GROUPS = [  # case-id prefix -> where the bad input enters
     (("no-input", "empty-", "whitespace-", "pair-", "text-", "file-", "stdin-"), "predict: texts, -f files, stdin"),
     (("budget-", "batch-", "unknown-", "missing-", "backend-", "exit-", "threads-", "max-chars-"),
      "CLI arguments, budgets, exit policies"),
-    (("export-over",), "export: output folders (users' files never replaced)"),
+    (("export-over", "train-over"), "export, train: output folders (users' files never replaced)"),
     (("model-", "export-", "checkpoint-"), "export: model dirs, weights, tokenizers"),
     (("train-", "glue-"), "train: GLUE files and settings"),
     (("build-",), "build"),

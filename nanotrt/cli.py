@@ -74,9 +74,14 @@ def train(
     compute_penalty: Annotated[float | None, typer.Option(help="train halting heads; cost per full depth (e.g. 0.03-0.3); enables --exit learned=P")] = None,
     holdout: Annotated[int, typer.Option(help="train rows kept out of training for `nanotrt calibrate-exit`")] = 0,
     device: Annotated[str, typer.Option(help="auto (cuda if available) | cpu | cuda")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="replace -o even if it is a folder with files that is not "
+                                                        "a nanotrt checkpoint")] = False,
 ) -> None:
     """Train off-ramps on a GLUE task; prints and saves the dev metric of every ramp."""
     require("train", "`nanotrt train`")
+    from nanotrt.runtime.fsutil import check_output_dir
+
+    check_output_dir(out, lambda d: (d / "nanotrt.json").is_file(), force, "nanotrt checkpoint", keep=(model,))
     from nanotrt.pipeline.train import TrainConfig, print_ramp_table
     from nanotrt.pipeline.train import train as run_train
 
@@ -139,6 +144,7 @@ def bench(
 ) -> None:
     """Accuracy / speed / memory table: early exit vs PyTorch eager and one-graph ORT, on the same inputs."""
     require("bench", "`nanotrt bench`")
+    _check_threads(threads)
     from nanotrt.pipeline.benchreport import print_table, run_bench
 
     report = run_bench(task, artifact, exit=exit, budget=memory_budget, batch_size=batch_size, sweep=sweep,
@@ -284,6 +290,8 @@ def profile(
 ) -> None:
     """Measure per-layer and per-ramp latency on this device; writes profile-VARIANT.json by the manifest."""
     from nanotrt.runtime.profile import run_profile
+
+    _check_threads(threads)
     from nanotrt.runtime.progress import progress
 
     with progress() as bar:
