@@ -151,9 +151,12 @@ def as_inputs(texts: Any, pairs: Any = None) -> tuple[list[str], list[str] | Non
         if len(pairs) != len(texts):
             raise NanotrtError(f"got {len(texts)} texts but {len(pairs)} pairs: give one pair per text")
     for what, items in (("texts", texts), ("pairs", pairs or [])):
-        i = next((i for i, t in enumerate(items) if not isinstance(t, str)), None)
-        if i is not None:
+        i = next((i for i, t in enumerate(items) if not isinstance(t, str) or not t or t.isspace()), None)
+        if i is not None and not isinstance(items[i], str):
             raise NanotrtError(f"{what}[{i}] is a {type(items[i]).__name__}, not a string: pass text")
+        if i is not None:  # by the caller's index: the runner may batch inputs in another order
+            raise NanotrtError(f"{what}[{i}] is empty (or only whitespace): there is nothing to classify; drop it "
+                               "or give it some text")
     return texts, pairs
 
 
