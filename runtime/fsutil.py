@@ -4,6 +4,13 @@ export/build/train never leaves something that looks complete.
 A full disk (ENOSPC, or a quota: EDQUOT) while writing becomes one NanotrtError naming the target; the
 temp file/dir is removed and the previous version stays. Temp dirs carry the writer's pid, so ones left by
 a killed process (SIGKILL cannot be cleaned up after) are swept by the next write of the same target.
+Files and folders get the permissions a plain open()/mkdir() would (the umask), not mkstemp's private ones.
+
+Inside an artifact: one writer at a time (``writer_lock``, a flock on the artifact folder), built files in
+generation folders switched in by one manifest rename (``generation``), a replaced generation removed only
+when no reader holds it (``retire``; readers: ``Manifest.hold``), leftovers of killed writers swept by the next
+build (``sweep_generations``). An output folder a user already has is never replaced unless asked
+(``check_output_dir``).
 """
 
 from __future__ import annotations
