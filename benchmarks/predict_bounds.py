@@ -3,7 +3,7 @@
 
     flock /tmp/nanotrt-cpu.lock python benchmarks/predict_bounds.py [--seconds 60]
 
-Artifact: the embedded MiniLM-L6 (`nanotrt demo`'s untrained export, cached), budget `2layers`. Each run is its
+Artifact: the embedded MiniLM-L6 (an untrained export like `nanotrt demo`'s, cached), budget `2layers`. Each run is its
 own process; peak RSS = VmHWM. Writes benchmarks/results/predict_bounds.{json,md} (reliability_report.py
 folds them into reliability.md).
 """
@@ -30,7 +30,7 @@ PEAK = ("import sys; from nanotrt.cli import main; from nanotrt.runtime.profile 
 def artifact() -> Path:
     from nanotrt.pipeline.demo import cache_dir, demo_model_dir
 
-    art = cache_dir() / "demo-minilm-untrained"
+    art = cache_dir() / "bounds-minilm-untrained"  # its own name: the format-2 export next to older caches
     if not (art / "manifest.json").is_file() or json.loads((art / "manifest.json").read_text())["format_version"] != 2:
         from nanotrt.pipeline.export import export_model
         from nanotrt.pipeline.model import load_model
