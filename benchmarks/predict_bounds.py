@@ -91,11 +91,13 @@ def stream(art: Path, n: int, seconds: float, tmp: Path) -> dict[str, object]:
             next_sample += 1.0
         time.sleep(0.01)
     finished = p.poll() is not None
+    lines += (p.stdout.read() or b"").count(b"\n") if finished else 0
+    elapsed = round(time.perf_counter() - t0, 1)
     p.kill()
     p.wait()
     return {"lines_in_file": n, "file_mb": round(f.stat().st_size / 1e6, 1), "first_result_s": first,
             "one_short_prediction_process_s": round(one, 2),
-            "finished": finished, "lines_done": lines, "seconds": seconds, "samples_t_lines_rss_mb": samples}
+            "finished": finished, "lines_done": lines, "seconds": seconds, "elapsed_s": elapsed, "samples_t_lines_rss_mb": samples}
 
 
 def render(r: dict) -> str:  # type: ignore[type-arg]
@@ -123,8 +125,8 @@ numpy, ONNX Runtime and the tokenizer plus at most 4 x max_chars bytes per side 
 
 First result printed {s['first_result_s']:.2f} s after the process started (a whole `predict` of one short
 text, start to exit, takes {s['one_short_prediction_process_s']} s here: interpreter, imports, artifact checks);
-{s['lines_done']:,} lines printed in {s['seconds']} s
-({'finished' if s['finished'] else 'stopped there'}). RSS (MB) every second: {', '.join(str(x) for x in rss)}.
+{s['lines_done']:,} lines printed in {s['elapsed_s']} s
+({'all of them' if s['finished'] else 'stopped there, the time this measurement allows'}). RSS (MB) every second: {', '.join(str(x) for x in rss)}.
 After the first quarter: {min(warm)}..{max(warm)} MB.
 """
 
