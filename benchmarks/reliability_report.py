@@ -165,7 +165,7 @@ def render(r: dict) -> str:  # type: ignore[type-arg]
         st = b["stream"]
         rss = [x[2] for x in st["samples_t_lines_rss_mb"]]
         lines += ["", f"`predict -f` over {st['lines_in_file']:,} lines: first result after {st['first_result_s']:.2f} s, "
-                  f"{st['lines_done']:,} lines printed in {st['seconds']} s, RSS every second (MB): "
+                  f"{st['lines_done']:,} lines printed in {st['elapsed_s']} s, RSS every second (MB): "
                   f"{', '.join(str(x) for x in rss)}. Details: `predict_bounds.md`."]
     s = r["soak"]
     lines += ["", "## Soak", "",
