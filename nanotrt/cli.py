@@ -298,11 +298,11 @@ def profile(
         job = bar.add_task("profile", total=None, info="")
         path, doc = run_profile(artifact, backend, precision, variant, memory_budget, batches, seqs, repeats,
                                 threads, tick=lambda name: bar.update(job, advance=1, info=name))
-    s = doc["schedule"]
-    step = [round(doc["graphs"][lay]["runs"][f"1x{doc['grid']['seq'][-1]}"]["p50_ms"]
-                  + doc["graphs"][r]["runs"][f"1x{doc['grid']['seq'][-1]}"]["p50_ms"], 2)
-            for lay, r in zip(s["layers"], s["ramps"], strict=True)]
-    _out(f"wrote {path} ({doc['machine']['cpu']}); layer+ramp p50 ms at batch 1 x {doc['grid']['seq'][-1]}: {step}")
+    from nanotrt.runtime.profile import DeviceProfile
+
+    prof, seq = DeviceProfile(doc), doc["grid"]["seq"][-1]
+    step = [round(1000 * prof.step_seconds(g["start"], 1, seq, "p50_ms"), 2) for g in prof.groups()]
+    _out(f"wrote {path} ({doc['machine']['cpu']}); p50 ms per step between exit points at batch 1 x {seq}: {step}")
 
 
 @app.command("calibrate-exit")

@@ -9,7 +9,7 @@ from typing import Any
 
 from nanotrt.pipeline.bench import RowSpec, machine_info, run_child
 from nanotrt.pipeline.build import WHOLE_INT8
-from nanotrt.pipeline.glue import get_task, label_names, task_file
+from nanotrt.pipeline.glue import get_task, label_names, read_split, task_file
 from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.errors import NanotrtError
@@ -72,7 +72,8 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
         ckpt = root / "checkpoint"
         if not (ckpt / "nanotrt.json").is_file():
             console.print(f"[bold]first use:[/] training the demo model with off-ramps on {name} (cached in {root})")
-            train(demo_model_dir(), ckpt, TrainConfig(task=name, data_dir=data_dir, holdout=DEFAULT_HOLDOUT,
+            rows = len(read_split(get_task(name), "train", data_dir))  # a small task keeps most rows for training
+            train(demo_model_dir(), ckpt, TrainConfig(task=name, data_dir=data_dir, holdout=min(DEFAULT_HOLDOUT, rows // 8),
                                                       **DEFAULT_TRAIN.get(name, {})))
         export_model(ckpt, art, whole=True)
     # Idempotent: builds only what is missing (an artifact cached by an older nanotrt gains the INT8 baseline).

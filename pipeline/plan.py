@@ -196,23 +196,39 @@ def replay(h: Holdout, costs: Costs, segments: list[Segment], spec: str, full: f
                       replay_cost(costs, segments, layers))
 
 
-def choose_plan(h: Holdout, costs: Costs, fits: Fits, specs: list[str],
-                max_loss: float) -> tuple[PlanChoice, list[PlanChoice]]:
-    """The fastest plan (exact holdout replay) whose loss is within ``max_loss``; the rule is then re-chosen
-    among ``specs`` on the live ramps of that plan. Returns (choice, every rule's DP plan)."""
+Passing = Callable[[list[str], "list[int] | None"], list[str]]  # (specs, live ramps or all) -> those within the loss
+
+
+def point_passing(h: Holdout, max_loss: float) -> Passing:
+    """Settings whose holdout loss (point estimate) on the given live ramps is within ``max_loss``."""
+    from nanotrt.pipeline.calibrate_exit import simulate
+    from nanotrt.runtime.exits import parse_exit
+
+    full = h.score(h.ramp_logits[:, -1])
+
+    def passing(specs: list[str], live: list[int] | None) -> list[str]:
+        return [s for s in specs if 100 * (full - h.score(simulate(parse_exit(s, h.task_type, h.n), h.ramp_logits,
+                                                                   h.exit_prob, live=live)[1])) <= max_loss + 1e-9]
+    return passing
+
+
+def choose_plan(h: Holdout, costs: Costs, fits: Fits, specs: list[str], passing: Passing
+                ) -> tuple[PlanChoice, list[PlanChoice]]:
+    """Every setting that passes on all ramps gets its DP plan; the fastest plan (exact holdout replay) wins and
+    its rule is re-chosen among the settings that pass on that plan's live ramps (full depth always passes).
+    Returns (choice, every rule's DP plan)."""
     from nanotrt.pipeline.calibrate_exit import simulate
     from nanotrt.runtime.exits import parse_exit
 
     full = h.score(h.ramp_logits[:, -1])
     tried = []
-    for spec in ["none", *specs]:
+    for spec in ["none", *passing(specs, None)]:
         layers, _ = simulate(parse_exit(spec, h.task_type, h.n), h.ramp_logits, h.exit_prob)
         _, segments = dp_plan(costs, reach_of(layers, h.n), fits)
         tried.append(replay(h, costs, segments, spec, full))
-    ok = [c for c in tried if c.loss <= max_loss + 1e-9]  # "none" always passes: loss 0
-    best = min(ok, key=lambda c: (c.seconds, c.loss))
-    again = [replay(h, costs, best.segments, spec, full) for spec in specs]
-    return min([best, *(c for c in again if c.loss <= max_loss + 1e-9)], key=lambda c: (c.seconds, c.loss)), tried
+    best = min(tried, key=lambda c: (c.seconds, c.loss))
+    again = [replay(h, costs, best.segments, spec, full) for spec in ["none", *passing(specs, best.live)]]
+    return min(again, key=lambda c: (c.seconds, c.loss)), tried
 
 
 # --- segment graphs: consecutive per-layer graphs composed into one ONNX graph -----------------------------
@@ -530,7 +546,7 @@ def make_plan(artifact: str | Path, max_loss: float = 0.5, memory_budget: str | 
     costs, measured = measure_costs(m, source, split.texts, split.pairs, backend, streaming)
     costs.emb_alone = emb_alone
     specs = candidates(m.task_type, m.num_layers, probs is not None, FAMILIES) if exits else []
-    choice, tried = choose_plan(h, costs, fits, specs, max_loss)
+    choice, tried = choose_plan(h, costs, fits, specs, point_passing(h, max_loss))
     per_layer = [Segment(i, i + 1, True) for i in range(m.num_layers)]
     record = {"source": source, "task": t.name, "task_metric": t.main_metric, "holdout": holdout, "max_loss": max_loss,
               "exits": exits, "memory_budget": memory_budget or "all", "budget_bytes": budget or 0, "streaming": streaming,

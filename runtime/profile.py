@@ -109,18 +109,19 @@ class DeviceProfile:
             ms += g["load_ms"]
         return ms / 1000.0
 
-    def _groups(self) -> list[dict[str, Any]]:
+    def groups(self) -> list[dict[str, Any]]:
+        """The walk's steps between exit points: {graphs, start, end}."""
         s = self.data["schedule"]
         if "groups" in s:
             return list(s["groups"])
         return [{"graphs": [lay, ramp], "start": i, "end": i + 1}  # profiles before plans: layer i + ramp i
                 for i, (lay, ramp) in enumerate(zip(s["layers"], s["ramps"], strict=True))]
 
-    def step_seconds(self, layer: int, batch: int, seq: int) -> float:
+    def step_seconds(self, layer: int, batch: int, seq: int, stat: str = "p90_ms") -> float:
         """Predicted seconds of the walk from one exit point to the next, for the step holding layer ``layer``
         (0-based): layer + ramp per layer, or a plan's segment. The deadline rule's next step."""
-        group = next(g for g in self._groups() if g["start"] <= layer < g["end"])
-        return sum(self.graph_seconds(name, batch, seq) for name in dict.fromkeys(group["graphs"]))
+        group = next(g for g in self.groups() if g["start"] <= layer < g["end"])
+        return sum(self.graph_seconds(name, batch, seq, stat) for name in dict.fromkeys(group["graphs"]))
 
     def embeddings_seconds(self, batch: int, seq: int) -> float:
         """The embeddings when they run alone (0 when a plan's first segment holds them)."""

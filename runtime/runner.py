@@ -18,7 +18,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +27,7 @@ from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.backend import Backend, get_backend
 from nanotrt.runtime.errors import NanotrtError
-from nanotrt.runtime.exits import ExitPolicy, StepContext, bind_policy, parse_exit, softmax
+from nanotrt.runtime.exits import ExitPolicy, FixedDepth, StepContext, bind_policy, parse_exit, softmax
 from nanotrt.runtime.residency import ResidencyCache, fmt_bytes, parse_size
 from nanotrt.runtime.tokenize import Tokenizer, as_inputs, check_count
 
@@ -199,7 +198,9 @@ class Runner:
         self.tokenizer = Tokenizer.from_manifest(manifest)
         self.n = manifest.num_layers
         self.labels = manifest.labels
-        self.word_table = manifest.word_table()  # verified, shape-checked, memory-mapped
+        table = manifest.word_table()  # verified, shape-checked, memory-mapped
+        # A plain ndarray view of the mapping: indexing a np.memmap subclass costs a finalizer call per batch.
+        self.word_table = None if table is None else table.view(np.ndarray)
         # The walk: one step per engine call (per-layer, fused layer+ramp, or a plan's segments).
         self.steps = self.schedule.steps()
         order = [s.graph for s in self.steps]
@@ -226,6 +227,9 @@ class Runner:
         # the loads: ORT's prepacked weight copies would overrun the budget (block mode measured 312 MB
         # peak RSS with prepacking vs 239 MB for the same budget without).
         backend.configure(swapping=self.streaming)
+        self._prefetch = [self._prefetch_after(k) for k in range(len(self.steps))]
+        # full depth: no policy call per ramp (a subclass, e.g. a recorder, still gets every call)
+        self._never_exits = type(self.policy) is FixedDepth and self.policy.depth == 0
 
     def _bind_exit(self, manifest: Manifest, backend: Backend) -> None:
         """Ramp outputs the policy reads must exist; a deadline rule gets this device's profile."""
@@ -257,19 +261,11 @@ class Runner:
     # --- the walk --------------------------------------------------------------------------
     def _prefetch_after(self, k: int) -> tuple[int, ...]:
         """Steps to load while step k computes: the next two (one after an exit point, where the batch may
-        end); past the last step, the first one of the next batch."""
+        end); past the last step, the first one of the next batch. Nothing when every engine stays resident."""
+        if not self.streaming:
+            return ()
         ahead = 1 if self.steps[k].ramp else 2
         return tuple(dict.fromkeys(p if p < len(self.steps) else 0 for p in range(k + 1, k + 1 + ahead)))
-
-    @contextmanager
-    def _engine(self, pos: int) -> Iterator[Any]:
-        engine = self.cache.acquire(pos)
-        try:
-            for p in self._prefetch_after(pos):  # load the next graphs while this one computes
-                self.cache.prefetch(p)
-            yield engine
-        finally:
-            self.cache.release(pos)
 
     def _token_feeds(self, b: _Batch, names: list[str]) -> dict[str, np.ndarray]:
         b.mask = b.enc["attention_mask"].astype(np.int64)
@@ -279,9 +275,14 @@ class Runner:
         return {k: feeds[k] for k in names}
 
     def _run_step(self, k: int, live: list[_Batch]) -> None:
-        """Step k for every live micro-batch, its engine acquired once for all of them."""
+        """Step k for every live micro-batch, its engine acquired once for all of them (and the next steps'
+        engines loading meanwhile). Runs per engine call: kept free of per-call allocations it can avoid
+        (benchmarks/results/step_overhead.md)."""
         step, names = self.steps[k], self._inputs[k]
-        with self._engine(k) as eng:
+        eng = self.cache.acquire(k)
+        try:
+            for p in self._prefetch[k]:
+                self.cache.prefetch(p)
             for b in live:
                 out = self.backend.run(eng, self._token_feeds(b, names) if step.embeds else b.feeds())
                 hidden = out.pop("hidden_states_out", None)
@@ -290,6 +291,8 @@ class Runner:
                     b.hidden = hidden
                 if step.ramp:
                     b.logits, b.extras = out.pop("logits"), out
+        finally:
+            self.cache.release(k)
 
     def _exit(self, i: int, b: _Batch, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         """Record ramp i's logits, ask the policy, drop the rows that stop (and padding no row needs)."""
@@ -298,7 +301,12 @@ class Runner:
         assert logits is not None and b.hidden is not None and b.mask is not None
         ramp_logits[rows, i] = logits
         ctx = StepContext(b.extras, b.mask.shape[1], b.started)
-        stop = np.ones(len(b.active), bool) if i == self.n - 1 else self.policy.step(b.state, i, logits, b.active, ctx)
+        if i == self.n - 1:
+            stop = np.ones(len(b.active), bool)
+        elif self._never_exits:
+            return
+        else:
+            stop = self.policy.step(b.state, i, logits, b.active, ctx)
         if stop.any():
             out_logits[rows[stop]] = logits[stop]
             out_layer[rows[stop]] = i + 1
