@@ -164,7 +164,9 @@ def render(r: dict) -> str:  # type: ignore[type-arg]
                   for k, v in b["lines"].items()]
         st = b["stream"]
         rss = [x[2] for x in st["samples_t_lines_rss_mb"]]
-        lines += ["", f"`predict -f` over {st['lines_in_file']:,} lines: first result after {st['first_result_s']:.2f} s, "
+        lines += ["", f"`predict -f` over {st['lines_in_file']:,} lines: first result {st['first_result_s']:.2f} s after the "
+                  f"process started (one short `predict`, start to exit: {st.get('one_short_prediction_process_s')} s: "
+                  "interpreter, imports, artifact checks), "
                   f"{st['lines_done']:,} lines printed in {st['elapsed_s']} s, RSS every second (MB): "
                   f"{', '.join(str(x) for x in rss)}. Details: `predict_bounds.md`."]
     s = r["soak"]
