@@ -493,10 +493,9 @@ def plan_error(plan_path: Path, ref_onnx: Path, batches: list[dict[str, np.ndarr
     """Max over calibration batches of ||plan - ref|| / ||ref|| (first output), the reference being the
     FP32 ONNX graph on ONNX Runtime CPU: the same measure the ORT INT8 path uses for its fallback."""
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    ref = ort.InferenceSession(str(ref_onnx), so, providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(ref_onnx), session_options(ort), providers=["CPUExecutionProvider"])
     names = [i.name for i in ref.get_inputs()]
     worst = 0.0
     step = max(1, len(batches) // limit)  # calibration batches are length-sorted: sample across lengths

@@ -137,10 +137,9 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
 
     if spec.kind == "ort-whole":
         import onnxruntime as ort
+        from nanotrt.engines.onnxruntime import session_options
 
-        so = ort.SessionOptions()
-        if spec.threads:
-            so.intra_op_num_threads = spec.threads
+        so = session_options(ort, spec.threads)
         sess = ort.InferenceSession(str(m.verify(spec.graph)), so, providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
         outs, lat, wall = _time_batches(batches, lambda b: sess.run(None, {k: b[k] for k in names})[0])

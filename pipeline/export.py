@@ -124,8 +124,9 @@ def check_graph(path: Path, vocab_size: int, inputs: list[dict[str, Any]] | None
 
 def _ort_run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), session_options(ort), providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})
 

@@ -246,7 +246,7 @@ def run_profile(artifact: str | Path, backend: str = "onnxruntime", precision: s
     if repeats < 1:
         raise NanotrtError("--repeats must be >= 1")
     m = Manifest.load(artifact)
-    options: dict[str, Any] = {"threads": threads} if threads and backend == "onnxruntime" else {}
+    options: dict[str, Any] = {"threads": threads} if threads is not None and backend == "onnxruntime" else {}
     be = get_backend(backend, **options)
     try:
         v = m.resolve_variant(variant, precision, be.name)  # the runner's rule
