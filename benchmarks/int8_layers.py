@@ -79,11 +79,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = ap.parse_args()
-    from nanotrt.pipeline.bench import machine_info
     from nanotrt.runtime.artifact import Manifest
     from nanotrt.runtime.fsutil import write_json
+    from nanotrt.runtime.profile import machine
 
-    report = {"machine": machine_info(), "seq": a.seq, "batch": a.batch, "artifacts": {}}
+    report = {"machine": machine(), "seq": a.seq, "batch": a.batch, "artifacts": {}}
     lines = ["# Per-layer INT8 vs FP32 and per-ramp accuracy by precision", "",
              f"`python benchmarks/int8_layers.py {' '.join('--artifact ' + str(p) for p in a.artifact)} "
              f"--seq {a.seq} --batch {a.batch}`; {report['machine']['cpu']}, {report['machine']['cores']} cores.", ""]

@@ -685,10 +685,10 @@ def main() -> None:
     if a.child:
         child_main(json.loads(a.child))
         return
-    from nanotrt.pipeline.bench import machine_info
     from nanotrt.pipeline.demo import cache_dir
     from nanotrt.runtime.errors import NanotrtError
     from nanotrt.runtime.fsutil import atomic_file, write_json
+    from nanotrt.runtime.profile import machine
     from nanotrt.runtime.progress import console
 
     names = [n.strip() for n in a.models.split(",") if n.strip()]
@@ -715,7 +715,7 @@ def main() -> None:
         f" --{k.replace('_', '-')} {v}" for k, v in (("models", a.models), ("rows", a.rows), ("examples", a.examples),
                                                       ("accuracy_limit", a.accuracy_limit))
         if v is not None and v != ap.get_default(k))
-    report = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_info(),
+    report = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
               "examples": a.examples, "warmup": WARMUP, "caps": CAPS, "models": prepared,
               "rows": measure(prepared, rows, a)}
     report["headline"] = headline(report["models"], report["rows"])

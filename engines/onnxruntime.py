@@ -130,6 +130,10 @@ class OrtBackend(Backend):
         thread_pool = thread_pool or os.environ.get("NANOTRT_ORT_THREAD_POOL", "shared")
         if thread_pool not in ("shared", "session"):
             raise NanotrtError(f"unknown thread_pool '{thread_pool}': use shared or session")
+        if thread_pool == "session" and _POOL["created"]:
+            raise NanotrtError("thread_pool='session' is not possible in this process any more: ORT's process-wide "
+                               "pool exists (a runner with the default 'shared' made it) and ORT then refuses "
+                               "per-session pools; use the shared pool, or choose 'session' before the first runner")
         self._ort = ort
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]

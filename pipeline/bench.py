@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -212,22 +211,6 @@ def run_child(spec: RowSpec, timeout: float = 3600) -> Any:
         last = (p.stderr.strip().splitlines() or ["no output"])[-1]
         raise NanotrtError(f"bench row '{spec.name}' failed: {last}")
     return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def machine_info() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    from nanotrt.runtime.profile import cpu_name
-
-    cpu = cpu_name()
-    libs: dict[str, str | None] = {}
-    for lib in ("onnxruntime", "torch", "transformers", "numpy", "tokenizers"):
-        try:
-            libs[lib] = md.version(lib)
-        except md.PackageNotFoundError:
-            libs[lib] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "libraries": libs}
 
 
 if __name__ == "__main__":

@@ -65,10 +65,6 @@ class RunStats:
         return self.layers_executed / max(self.samples, 1)
 
     @property
-    def peak_engine_bytes(self) -> int:
-        return int(self.cache.get("peak_resident_bytes", 0))
-
-    @property
     def peak_activation_bytes(self) -> int:
         return int(self.cache.get("peak_activation_bytes", 0))
 
