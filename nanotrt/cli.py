@@ -382,8 +382,8 @@ def main() -> None:
     except BrokenPipeError:  # `nanotrt predict ... | head`: the reader left; not an error of ours
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush stays quiet
         raise SystemExit(1) from None
-    except NanotrtError as e:
-        typer.echo(f"error: {e}", err=True)
+    except NanotrtError as e:  # the library keeps the cause (`from e`); the user gets one line
+        typer.echo(f"error: {' '.join(str(e).splitlines())}", err=True)
         raise SystemExit(2) from None
     except OSError as e:
         if e.errno not in DISK_FULL:
