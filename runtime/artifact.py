@@ -59,8 +59,10 @@ class Schedule:
     def steps(self) -> list[Step]:
         """The walk, in order: one entry per engine call."""
         if self.segments:
-            return [Step(s["graph"], int(s["start"]), int(s["end"]), bool(s["ramp"]),
+            segs = [Step(s["graph"], int(s["start"]), int(s["end"]), bool(s["ramp"]),
                          embeds=int(s["start"]) == 0 and s["graph"] == self.embeddings) for s in self.segments]
+            # the embeddings run alone when the budget could not hold them with the first layer
+            return segs if segs[0].embeds else [Step(self.embeddings, 0, 0, False, embeds=True), *segs]
         out = [Step(self.embeddings, 0, 0, False, embeds=True)]
         for i, (lay, ramp) in enumerate(zip(self.layers, self.ramps, strict=True)):
             if lay == ramp:  # fused layer + ramp (`nanotrt build --fused`): one call per layer
@@ -173,9 +175,15 @@ class Manifest:
                                f"build it with `{build.command(self.root)}`")
         return choices[0]
 
-    def resolve_variant(self, variant: str | None, precision: str = "fp32", backend: str = "onnxruntime") -> str:
-        """``variant`` when named (it must exist and run on ``backend``), else ``best_variant``."""
+    def resolve_variant(self, variant: str | None, precision: str = "fp32", backend: str = "onnxruntime",
+                        budget: int | None = None) -> str:
+        """``variant`` when named (it must exist and run on ``backend``), else ``best_variant``, passing over
+        plans made for a larger memory budget than ``budget`` (bytes; None = unlimited)."""
         if variant is None:
+            for v in self.variant_choices(precision, backend):
+                planned = self.data["variants"][v].get("plan", {})
+                if registry.get(v).kind != "plan" or budget is None or 0 < planned.get("budget_bytes", 0) <= budget:
+                    return v
             return self.best_variant(precision, backend)
         self.schedule(variant)  # exists, else one error listing what does
         registry.check_runs_on(variant, backend)
@@ -312,7 +320,8 @@ def _check_segments(segments: Any, graphs: dict[str, Any], n: int, where: str) -
         _need(seg, _SEGMENT, f"{where}[{k}].")
         if seg["graph"] not in graphs:
             raise ValueError(f"{where}[{k}] names graph {json.dumps(seg['graph'])}, which is not in graphs")
-        if seg["start"] != at or not at < seg["end"] <= n:
+        ramp_alone = k > 0 and seg["ramp"] and seg["start"] == seg["end"] == at  # a ramp after its layers
+        if not ramp_alone and (seg["start"] != at or not at < seg["end"] <= n):
             raise ValueError(f"{where}[{k}] covers layers {seg['start']}..{seg['end']}; expected to start at {at}, "
                              f"end after it and by {n}")
         at = seg["end"]

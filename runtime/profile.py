@@ -113,18 +113,19 @@ class DeviceProfile:
             ms += g["load_ms"]
         return ms / 1000.0
 
-    def _groups(self) -> list[dict[str, Any]]:
+    def groups(self) -> list[dict[str, Any]]:
+        """The walk's steps between exit points: {graphs, start, end}."""
         s = self.data["schedule"]
         if "groups" in s:
             return list(s["groups"])
         return [{"graphs": [lay, ramp], "start": i, "end": i + 1}  # profiles before plans: layer i + ramp i
                 for i, (lay, ramp) in enumerate(zip(s["layers"], s["ramps"], strict=True))]
 
-    def step_seconds(self, layer: int, batch: int, seq: int) -> float:
+    def step_seconds(self, layer: int, batch: int, seq: int, stat: str = "p90_ms") -> float:
         """Predicted seconds of the walk from one exit point to the next, for the step holding layer ``layer``
         (0-based): layer + ramp per layer, or a plan's segment. The deadline rule's next step."""
-        group = next(g for g in self._groups() if g["start"] <= layer < g["end"])
-        return sum(self.graph_seconds(name, batch, seq) for name in dict.fromkeys(group["graphs"]))
+        group = next(g for g in self.groups() if g["start"] <= layer < g["end"])
+        return sum(self.graph_seconds(name, batch, seq, stat) for name in dict.fromkeys(group["graphs"]))
 
     def embeddings_seconds(self, batch: int, seq: int) -> float:
         """The embeddings when they run alone (0 when a plan's first segment holds them)."""
@@ -245,7 +246,7 @@ def run_profile(artifact: str | Path, backend: str = "onnxruntime", precision: s
                 tick: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """Measure and write the device profile of ``artifact``; returns (path, document)."""
     from nanotrt.runtime.backend import get_backend
-    from nanotrt.runtime.runner import engines_swapped, resolve_budget
+    from nanotrt.runtime.runner import engines_swapped, resolve_budget, runner_variant
 
     if repeats < 1:
         raise NanotrtError("--repeats must be >= 1")
@@ -253,7 +254,7 @@ def run_profile(artifact: str | Path, backend: str = "onnxruntime", precision: s
     options: dict[str, Any] = {"threads": threads} if threads is not None and backend == "onnxruntime" else {}
     be = get_backend(backend, **options)
     try:
-        v = m.resolve_variant(variant, precision, be.name)  # the runner's rule
+        v = runner_variant(m, variant, precision, be.name, memory_budget)  # the runner's rule
         reserved = be.reserve(m, m.schedule(v).names())  # as the runner does: part of the budget
         budget = resolve_budget(memory_budget, m, v, reserved)
         doc = measure(m, be, v, engines_swapped(m, v, budget, reserved), memory_budget,

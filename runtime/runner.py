@@ -20,16 +20,16 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.backend import Backend, get_backend
 from nanotrt.runtime.errors import NanotrtError
-from nanotrt.runtime.exits import ExitPolicy, StepContext, bind_policy, parse_exit, softmax
+from nanotrt.runtime.exits import ExitPolicy, FixedDepth, StepContext, bind_policy, parse_exit, softmax
 from nanotrt.runtime.residency import ResidencyCache, fmt_bytes, parse_size
 from nanotrt.runtime.tokenize import Tokenizer
 
@@ -123,7 +123,9 @@ def resolve_budget(text: str | int | None, manifest: Manifest, variant: str, res
     if m and int(m.group(1)) < 1:
         raise NanotrtError(f"memory budget '{text}' holds no graph: use at least 1layer")
     if m:
-        biggest = max(int(manifest.graphs[n]["bytes"]) for n in manifest.schedule(variant).names())
+        spec = registry.get(variant) if registry.known(variant) else None
+        per_layer = spec.source if spec is not None and spec.kind == "plan" and spec.source else variant
+        biggest = max(int(manifest.graphs[n]["bytes"]) for n in manifest.schedule(per_layer).names())
         seq = int(manifest.tokenizer.get("max_length", 128))
         return int(m.group(1)) * biggest + Activations.from_manifest(manifest).block([(1, seq)]) + reserved
     return parse_size(text)
@@ -185,6 +187,14 @@ if hasattr(os, "register_at_fork"):
 # --- end thread safety ---------------------------------------------------------------------------
 
 
+def runner_variant(manifest: Manifest, variant: str | None, precision: str, backend: str,
+                   memory_budget: str | int | None) -> str:
+    """The variant a runner with these settings runs (`nanotrt profile` measures the same one). Nlayers budgets
+    count per-layer graphs, so they resolve before the variant (and a plan) is chosen."""
+    planned = manifest.resolve_variant(variant, precision, backend)
+    return manifest.resolve_variant(variant, precision, backend, resolve_budget(memory_budget, manifest, planned))
+
+
 def engines_swapped(manifest: Manifest, variant: str, budget: int | None, reserved: int = 0) -> bool:
     """Whether ``budget`` swaps engines: it cannot hold every graph of the walk next to one full-length
     example's activations and the backend's working set. The runner and `nanotrt profile` both ask this."""
@@ -215,16 +225,21 @@ class Runner:
     def _setup(self, manifest: Manifest, backend: Backend, memory_budget: str | int | None,
                exit: str | ExitPolicy | None, variant: str | None, prefetch: bool, precision: str) -> None:
         self.manifest = manifest
-        self.variant = manifest.resolve_variant(variant, precision, backend.name)  # rule: runtime/variants.py
+        self.variant = runner_variant(manifest, variant, precision, backend.name, memory_budget)
         self.schedule = manifest.schedule(self.variant)
-        # exit=None: the artifact's calibrated default (`nanotrt calibrate-exit`), else full depth.
-        self.policy = parse_exit(manifest.data.get("default_exit", "none") if exit is None else exit,
-                                 manifest.task_type, manifest.num_layers)
+        # exit=None: the variant's own (a plan's rule, re-chosen on its live ramps), else the artifact's.
+        info = manifest.data["variants"][self.variant]
+        self.exit_source, default = next((src, rule) for src, rule in (
+            ("given", exit), ("plan", info.get("default_exit")), ("calibrated", manifest.data.get("default_exit")),
+            ("none: no calibrated default_exit (run `nanotrt calibrate-exit` or `nanotrt plan`)", "none"))
+            if rule is not None)
+        self.policy = parse_exit(default, manifest.task_type, manifest.num_layers)
         self.tokenizer = Tokenizer.from_manifest(manifest.root, manifest.tokenizer)
         self.n = manifest.num_layers
         self.labels = manifest.labels
         lookup = manifest.data.get("lookup")
-        self.word_table = np.load(manifest.verify(lookup), mmap_mode="r") if lookup else None
+        # A plain ndarray view of the mapping: indexing a np.memmap subclass costs a finalizer call per batch.
+        self.word_table = np.load(manifest.verify(lookup), mmap_mode="r").view(np.ndarray) if lookup else None
         # The walk: one step per engine call (per-layer, fused layer+ramp, or a plan's segments).
         self.steps = self.schedule.steps()
         order = [s.graph for s in self.steps]
@@ -248,6 +263,9 @@ class Runner:
         # the loads: ORT's prepacked weight copies would overrun the budget (block mode measured 312 MB
         # peak RSS with prepacking vs 239 MB for the same budget without).
         backend.configure(swapping=self.streaming)
+        self._prefetch = [self._prefetch_after(k) for k in range(len(self.steps))]
+        # full depth: no policy call per ramp (a subclass, e.g. a recorder, still gets every call)
+        self._never_exits = type(self.policy) is FixedDepth and self.policy.depth == 0
 
     def _bind_exit(self, manifest: Manifest, backend: Backend) -> None:
         """Ramp outputs the policy reads must exist; a deadline rule gets this device's profile."""
@@ -267,25 +285,25 @@ class Runner:
         be = get_backend(backend, **backend_options)  # made here: the runner owns it (and frees it on error)
         return cls(manifest, be, memory_budget, exit, variant, prefetch, precision, own_backend=True)
 
+    def describe_plan(self) -> dict[str, Any] | None:
+        """A plan variant's segments, live ramps and predicted latency (None for per-layer variants)."""
+        plan = self.manifest.data["variants"][self.variant].get("plan")
+        if not plan:
+            return None
+        return {"segments": [f"{s['start'] + 1}-{s['end']}{'*' if s['ramp'] else ''}" for s in plan["segments"]],
+                "live_ramps": plan["live_ramps"], "predicted_ms": plan["predicted_ms"], "planned_for": plan["memory_budget"]}
+
     def describe_budget(self) -> str:
         return "all" if self.budget is None else fmt_bytes(self.budget)
 
     # --- the walk --------------------------------------------------------------------------
     def _prefetch_after(self, k: int) -> tuple[int, ...]:
         """Steps to load while step k computes: the next two (one after an exit point, where the batch may
-        end); past the last step, the first one of the next batch."""
+        end); past the last step, the first one of the next batch. Nothing when every engine stays resident."""
+        if not self.streaming:
+            return ()
         ahead = 1 if self.steps[k].ramp else 2
         return tuple(dict.fromkeys(p if p < len(self.steps) else 0 for p in range(k + 1, k + 1 + ahead)))
-
-    @contextmanager
-    def _engine(self, pos: int) -> Iterator[Any]:
-        engine = self.cache.acquire(pos)
-        try:
-            for p in self._prefetch_after(pos):  # load the next graphs while this one computes
-                self.cache.prefetch(p)
-            yield engine
-        finally:
-            self.cache.release(pos)
 
     def _token_feeds(self, b: _Batch, names: list[str]) -> dict[str, np.ndarray]:
         b.mask = b.enc["attention_mask"].astype(np.int64)
@@ -295,9 +313,14 @@ class Runner:
         return {k: feeds[k] for k in names}
 
     def _run_step(self, k: int, live: list[_Batch]) -> None:
-        """Step k for every live micro-batch, its engine acquired once for all of them."""
+        """Step k for every live micro-batch, its engine acquired once for all of them (and the next steps'
+        engines loading meanwhile). Runs per engine call: kept free of per-call allocations it can avoid
+        (benchmarks/results/step_overhead.md)."""
         step, names = self.steps[k], self._inputs[k]
-        with self._engine(k) as eng:
+        eng = self.cache.acquire(k)
+        try:
+            for p in self._prefetch[k]:
+                self.cache.prefetch(p)
             for b in live:
                 out = self.backend.run(eng, self._token_feeds(b, names) if step.embeds else b.feeds())
                 hidden = out.pop("hidden_states_out", None)
@@ -306,6 +329,8 @@ class Runner:
                     b.hidden = hidden
                 if step.ramp:
                     b.logits, b.extras = out.pop("logits"), out
+        finally:
+            self.cache.release(k)
 
     def _exit(self, i: int, b: _Batch, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         """Record ramp i's logits, ask the policy, drop the rows that stop (and padding no row needs)."""
@@ -314,7 +339,12 @@ class Runner:
         assert logits is not None and b.hidden is not None and b.mask is not None
         ramp_logits[rows, i] = logits
         ctx = StepContext(b.extras, b.mask.shape[1], b.started)
-        stop = np.ones(len(b.active), bool) if i == self.n - 1 else self.policy.step(b.state, i, logits, b.active, ctx)
+        if i == self.n - 1:
+            stop = np.ones(len(b.active), bool)
+        elif self._never_exits:
+            return
+        else:
+            stop = self.policy.step(b.state, i, logits, b.active, ctx)
         if stop.any():
             out_logits[rows[stop]] = logits[stop]
             out_layer[rows[stop]] = i + 1
@@ -437,12 +467,22 @@ class Runner:
         mode = self.resolve_mode(mode, len(texts), batch_size)
         stats = RunStats(layer_time_s=[0.0] * self.n, mode=mode)
         out = self._outputs(len(texts), self.n, len(self.labels))
+        # Micro-batches of similar length pad less: walk the inputs shortest first (characters stand in for
+        # tokens), then put the results back in the caller's order.
+        order = np.argsort([len(t) + len(p) for t, p in zip(texts, pairs or [""] * len(texts), strict=True)],
+                           kind="stable") if batch_size > 1 else None
+        if order is not None:
+            texts = [texts[i] for i in order]
+            pairs = None if pairs is None else [pairs[i] for i in order]
         t0 = time.perf_counter()
         try:
             for block in self._blocks(texts, pairs, batch_size, mode, block_size):
                 self._walk(block, out, stats)
         finally:
             self.cache.reserve_activations(0)
+        if order is not None:
+            back = np.argsort(order)
+            out = (out[0][back], out[1][back], out[2][back])
         stats.wall_s = time.perf_counter() - t0
         stats.samples = len(texts)
         stats.cache = {**self.cache.stats.as_dict(), "backend_reserved_bytes": self.reserved}
