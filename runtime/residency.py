@@ -235,7 +235,12 @@ class ResidencyCache:
             slot = self.slots[name] = _Slot(self.sizes[name])
             self._note_peaks()
             self.stats.prefetches += 1
-        self._release(victims)  # before the load starts: memory held stays within the accounting
+        try:
+            self._release(victims)  # before the load starts: memory held stays within the accounting
+        except BaseException:
+            with self._lock:
+                self.slots.pop(name, None)
+            raise
         with self._lock:  # the job's own bookkeeping waits for this lock: the future is set first
             slot.future = self._pool.submit(self._prefetch_job, name, slot)
 
