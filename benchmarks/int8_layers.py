@@ -25,6 +25,7 @@ VARIANTS = ["fp32", "ort-fp32", "ort-fp16", "ort-int8", "ort-int8-dynamic"]
 def layer_latency(art: Path, seq: int, batch: int, repeats: int) -> dict[str, dict[str, float]]:
     """Median ms of every layer graph per variant; variants interleaved per repeat so drift hits all alike."""
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
     from nanotrt.runtime.artifact import Manifest
 
     m = Manifest.load(art)
@@ -35,8 +36,7 @@ def layer_latency(art: Path, seq: int, batch: int, repeats: int) -> dict[str, di
     variants = [v for v in VARIANTS if v in m.variants]
     sessions = {}
     for v in variants:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
+        so = session_options(ort)
         for i, name in enumerate(m.schedule(v).layers):
             sessions[(v, i)] = ort.InferenceSession(str(m.verify(name)), so, providers=["CPUExecutionProvider"])
     times: dict[tuple[str, int], list[float]] = {k: [] for k in sessions}

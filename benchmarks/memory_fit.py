@@ -271,12 +271,14 @@ def _torch_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]
 
 def _ort_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]], Any]:
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
     from nanotrt.runtime.artifact import Manifest
 
     m = Manifest.load(spec["artifact"])
     path = m.verify("whole") if spec["precision"] == "fp32" else Path(spec["whole_int8"])
     tok = _tokenizer(spec["artifact"])
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # ORT defaults: what a user gets
+    # ORT's defaults (each row is its own process: no shared pool there), what a user gets
+    sess = ort.InferenceSession(str(path), session_options(ort), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     size = int(m.graphs["whole"]["bytes"]) if spec["precision"] == "fp32" else path.stat().st_size
 
