@@ -162,7 +162,7 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
     for exit_spec in spec.sweep or [spec.exit]:
         backend = get_backend("onnxruntime", threads=spec.threads)
         with Runner(m, backend, memory_budget=spec.budget, exit=None if exit_spec == "default" else exit_spec,
-                    variant=spec.variant, prefetch=spec.prefetch, precision=spec.precision) as runner:
+                    variant=spec.variant, prefetch=spec.prefetch, precision=spec.precision, own_backend=True) as runner:
             stats = RunStats()
             outs, lat, wall = _time_batches(batches, lambda b, r=runner, s=stats: r.run_encoded(b, s)[:2])
             logits, layers = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
@@ -191,7 +191,7 @@ def _block_row(spec: RowSpec, task: Task, m: Any, labels: np.ndarray) -> dict[st
     split = read_split(task, "dev", spec.data_dir, limit=spec.limit)
     with Runner(m, get_backend("onnxruntime", threads=spec.threads), memory_budget=spec.budget,
                 exit=None if spec.exit == "default" else spec.exit, variant=spec.variant, prefetch=spec.prefetch,
-                precision=spec.precision) as runner:
+                precision=spec.precision, own_backend=True) as runner:
         runner.predict(split.texts[:WARMUP], split.pairs[:WARMUP] if split.pairs else None, spec.batch_size)
         t0 = time.perf_counter()
         res = runner.predict(split.texts, split.pairs, batch_size=spec.batch_size, mode="block")

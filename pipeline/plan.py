@@ -432,7 +432,7 @@ def measure_costs(m: Any, source: str, texts: list[str], pairs: list[str] | None
     from nanotrt.runtime.runner import Runner
 
     sched = m.schedule(source)
-    with Runner(m, get_backend(backend), exit="none", variant=source) as runner:  # all resident
+    with Runner(m, get_backend(backend), exit="none", variant=source, own_backend=True) as runner:  # all resident
         seq = int(np.median([len(runner.tokenizer([t], [p] if pairs else None)["input_ids"][0])
                              for t, p in zip(texts, pairs or texts, strict=True)]))
         run, step = walk_times(runner, texts[:300], pairs[:300] if pairs else None)
