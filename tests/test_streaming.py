@@ -233,6 +233,24 @@ print(json.dumps({{'calls': calls, 'shared': [r.backend.shared_pool for r in run
     assert out["same"]
 
 
+def test_pool_made_by_the_application_is_used(artifacts: dict[str, Path]) -> None:
+    """An application made ORT's global pool before nanotrt: ORT's refusal (status FAIL, not its text) says so,
+    and the runner's sessions join that pool."""
+    code = (
+        "import onnxruntime as ort\n"
+        "ort.set_global_thread_pool_sizes(1, 1)\n"
+        "from nanotrt.engines.onnxruntime import _POOL\n"
+        "from nanotrt.runtime.runner import Runner\n"
+        f"with Runner.from_artifact({str(artifacts['bert'])!r}) as r:\n"
+        "    n = len(r.predict(['a text', 'another']).predictions)\n"
+        "print(r.backend.shared_pool, _POOL['threads'], n)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NANOTRT_ORT_THREAD_POOL"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["True", "existing", "2"]
+
+
 def test_offline_sessions_meet_the_shared_pool(tmp_path: Path) -> None:
     """In this process ORT's shared pool exists (conftest), as in an application that ran a Runner: the
     project's own sessions and ORT's tools it calls still work; a plain session shows the trap they avoid."""
