@@ -12,6 +12,7 @@ from nanotrt.pipeline.build import WHOLE_INT8
 from nanotrt.pipeline.glue import get_task, label_names, read_split, task_file
 from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.backend import check_threads
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import atomic_file, write_json
 from nanotrt.runtime.profile import machine
@@ -234,6 +235,7 @@ def _fmt_bytes(n: float | None) -> str:
 def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, budget: str = "all",
               batch_size: int = 1, sweep: bool = False, out: Path | None = None, limit: int | None = None,
               data_dir: str | None = None, threads: int | None = None) -> dict[str, Any]:
+    check_threads(threads)  # before any row: every row (eager torch too) runs with it
     t = get_task(task)
     tasks = [t.name, "mnli-mm"] if t.name == "mnli" else [t.name]
     for name in tasks:
