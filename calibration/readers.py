@@ -33,7 +33,9 @@ class CalibrationSet:
         self.task, self.split, self.size = task, split, size
         self._m, self._encoded = artifact, encoded
         self._sched = artifact.schedule(variant)
-        self._table = artifact.word_table()  # verified, shape-checked, never unpickled
+        table = artifact.word_table()  # verified, shape-checked, never unpickled
+        assert table is not None, "an exported artifact has its word table"
+        self._table = table
         self._graph: str | None = None  # the one graph whose feeds are resident
         self._feeds: list[Feeds] = []
         self._state = -1  # hidden states held: after the embeddings (0) and ``_state`` layers; -1: none
