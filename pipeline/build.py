@@ -1,25 +1,26 @@
 """`nanotrt build`: per-graph engines in FP32 (optimized) / FP16 / INT8 added to an artifact.
 
-Each variant is written into a fresh directory inside the artifact, then the manifest is replaced in one
-rename, then the previous files of that variant are deleted: an interrupted build leaves the previous
-artifact intact, and re-running with the same options is a no-op.
+Each variant is written into a fresh folder (a generation) inside the artifact, then the manifest is replaced in
+one rename (``runtime/fsutil.py``: ``generation``), then the previous folder of that variant is removed unless a
+running reader still holds it: an interrupted build leaves the previous artifact intact, a streaming `predict`
+keeps its files, and re-running with the same options is a no-op. One build per artifact at a time (a lock
+file); the next build sweeps what an interrupted one left inside the artifact.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest, Schedule
 from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.fsutil import generation, sweep_generations, writer_lock
 from nanotrt.runtime.progress import console, progress
 
 # Max relative L2 error of a graph's output (on its FP32 calibration inputs) before it is kept in FP32.
@@ -48,13 +49,15 @@ def _graph_units(m: Manifest) -> list[str]:
 
 def _optimize_ort(src: Path, dst: Path, m: Manifest, fp16: bool) -> None:
     import onnx
+    from nanotrt.engines.onnxruntime import library_sessions
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.optimizer import optimize_model
 
     cfg = m.data["config"]
     heads = int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 0)
-    opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=int(m.data["hidden_size"]),
-                         opt_level=1, only_onnxruntime=False)
+    with library_sessions():  # its ORT pass builds a session of its own
+        opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=int(m.data["hidden_size"]),
+                             opt_level=1, only_onnxruntime=False)
     model = opt.model
     if fp16:
         # keep_io_types: the runner feeds and reads fp32; casts sit at the graph boundary.
@@ -71,10 +74,10 @@ def _ort_offline_optimize(path: Path) -> None:
     CPU-EP specific, like the variant."""
     import onnx
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
 
-    so = ort.SessionOptions()
+    so = session_options(ort)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.log_severity_level = 3
     tmp = path.with_suffix(".opt.onnx")
     so.optimized_model_filepath = str(tmp)
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -88,7 +91,29 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
           calib_task: str | None = None, calib_size: int = 512, calib_method: str = "minmax",
           data_dir: str | Path | None = None, int8_tolerance: float = INT8_TOLERANCE, dynamic: bool = False,
           trt_options: dict[str, Any] | None = None, fused: bool = False) -> list[str]:
-    """Build the requested variants into ``artifact``; returns the variant names now present."""
+    """Build the requested variants into ``artifact``; returns the variant names now present. One build per
+    artifact at a time (a second one waits for the first, then finds its variants up to date)."""
+    Manifest.load(artifact)  # a missing or broken artifact fails before the lock file is made
+    with writer_lock(Path(artifact)):
+        _sweep(Manifest.load(artifact))
+        return _build_locked(artifact, backend, fp16, int8, calib_task, calib_size, calib_method, data_dir,
+                             int8_tolerance, dynamic, trt_options, fused)
+
+
+def _sweep(m: Manifest) -> None:
+    """What interrupted builds left inside the artifact (staging folders, generations the manifest no longer
+    names, manifest temp files); a generation a reader still holds stays for a later build."""
+    names = [s.name for s in registry.all_specs()] + [WHOLE_INT8]
+    named = {info.get("dir") for info in m.data["variants"].values()}
+    named |= {e["file"].split("/")[0] for e in m.graphs.values()}
+    removed = sweep_generations(m.root, names, {n for n in named if n})
+    if removed:
+        console.print(f"removed {len(removed)} leftover(s) of interrupted builds: {', '.join(sorted(removed))}")
+
+
+def _build_locked(artifact: str | Path, backend: str, fp16: bool, int8: bool, calib_task: str | None,
+                  calib_size: int, calib_method: str, data_dir: str | Path | None, int8_tolerance: float,
+                  dynamic: bool, trt_options: dict[str, Any] | None, fused: bool) -> list[str]:
     m = Manifest.load(artifact)
     registry.build_targets(backend, False, False, False, False)  # an unknown backend fails before any work
     if int8 and not calib_task:
@@ -126,7 +151,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
             calib = collect(m, read_split(calib_task or "", "train", data_dir, limit=calib_size), calib_task or "")
         make = functools.partial(_build_variant, m, spec, calib=calib, calib_method=calib_method,
                                  tolerance=int8_tolerance, trt_mod=trt_mod, trt_options=trt_options or {})
-        m, info = install_variant(m, variant, options, lambda out, make=make: make(out=out))
+        m, info = install_variant(m, variant, options, make)
         built.append(variant)
         console.print(f"{variant}: built ({info.get('summary', '')})")
     if int8 and backend == "onnxruntime" and "whole" in m.graphs:
@@ -140,27 +165,28 @@ Made = tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]  #
 def install_variant(m: Manifest, variant: str, options: dict[str, Any], make: Callable[[Path], Made]
                     ) -> tuple[Manifest, dict[str, Any]]:
     """Build ``variant`` into a staging folder inside the artifact (``make(folder)`` returns its graphs, given
-    as (file in the folder, manifest fields), its schedule and info), then switch: the folder renamed into
-    place, one manifest rename, the previous files removed. Returns the new manifest and the info."""
-    staging = m.root / f".{variant}.{secrets.token_hex(4)}.tmp"
-    final_dir = m.root / f"{variant}.{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        graphs, sched, info = make(staging)
-        staging.rename(final_dir)
-        fresh = Manifest.load(m.root)
-        old = fresh.data["variants"].get(variant, {}).get("dir")
-        for name in fresh.variant_graphs(variant):
-            del fresh.graphs[name]
-        for name, (path, fields) in graphs.items():
-            fresh.add_graph(name, final_dir / path, variant=variant, **fields)
-        fresh.set_variant(variant, sched, dir=final_dir.name, options=options, **info)
-        fresh.save()
-        if old and (m.root / old).is_dir():
-            shutil.rmtree(m.root / old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return fresh, info
+    as (file in the folder, manifest fields), its schedule and info), then switch (``fsutil.generation``): the
+    folder renamed into place, one manifest rename, the previous folder retired (removed unless a running reader
+    holds it). Under the artifact's writer lock. Returns the new manifest and the info."""
+    now: list[Manifest] = []
+    with writer_lock(m.root), generation(m.root, variant) as gen:
+        graphs, sched, info = make(gen.staging)
+
+        def switch(final_dir: Path) -> str | None:
+            fresh = Manifest.load(m.root)
+            old = fresh.data["variants"].get(variant, {}).get("dir")
+            for name in fresh.variant_graphs(variant):
+                del fresh.graphs[name]
+            for name, (path, fields) in graphs.items():
+                fresh.add_graph(name, final_dir / path, variant=variant, **fields)
+            fresh.set_variant(variant, sched, dir=final_dir.name, options=options, **info)
+            fresh.save()
+            m.release()  # this process's own reads of the old folder must not keep it
+            now.append(fresh)
+            return old
+
+        gen.commit(switch)
+    return now[0], info
 
 
 WHOLE_INT8 = "whole-int8-dynamic"  # graph name of the bench's INT8 one-graph baseline
@@ -186,25 +212,23 @@ def _build_whole_int8(m: Manifest, calib_task: str, data_dir: str | Path | None)
         except NanotrtError:
             pass
     split = read_split(calib_task, "train", data_dir, limit=64)
-    tok = Tokenizer.from_manifest(m.root, m.tokenizer)
+    tok = Tokenizer.from_manifest(m)
     feeds = [tok(split.texts[i:i + 16], split.pairs[i:i + 16] if split.pairs else None) for i in range(0, len(split), 16)]
-    staging = m.root / f".{WHOLE_INT8}.{secrets.token_hex(4)}.tmp"
-    final_dir = m.root / f"{WHOLE_INT8}.{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        out = staging / "whole.onnx"
+    with generation(m.root, WHOLE_INT8) as gen:
+        out = gen.staging / "whole.onnx"
         quantize_dynamic_int8(m.verify("whole"), out)
         err = relative_error(m.verify("whole"), out, feeds)
-        staging.rename(final_dir)
-        fresh = Manifest.load(m.root)
-        old = fresh.graphs.get(WHOLE_INT8, {}).get("file", "").split("/")[0]
-        fresh.add_graph(WHOLE_INT8, final_dir / "whole.onnx", role="whole", index=None, precision="int8",
-                        format="onnx", inputs=src["inputs"], outputs=src["outputs"], options=options, rel_error=err)
-        fresh.save()
-        if old and old != final_dir.name and (m.root / old).is_dir():
-            shutil.rmtree(m.root / old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+        def switch(final_dir: Path) -> str | None:
+            fresh = Manifest.load(m.root)
+            old = fresh.graphs.get(WHOLE_INT8, {}).get("file", "").split("/")[0]
+            fresh.add_graph(WHOLE_INT8, final_dir / "whole.onnx", role="whole", index=None, precision="int8",
+                            format="onnx", inputs=src["inputs"], outputs=src["outputs"], options=options,
+                            rel_error=err)
+            fresh.save()
+            return old or None
+
+        gen.commit(switch)
     console.print(f"{WHOLE_INT8}: built (ORT quantize_dynamic, per-channel; rel. error vs FP32 {err:.3f})")
 
 
@@ -397,67 +421,11 @@ def _build_trt_unit(m: Manifest, unit: str, precision: str, out: Path, calib: An
 FUSED_ATOL = 1e-5  # a fused graph runs the same kernels on the same weights as its two parts
 
 
-def fuse_layer_ramp(layer: Path, ramp: Path, dst: Path) -> None:
-    """One graph computing layer i and its ramp: (hidden_states, attention_mask) -> (hidden_states_out,
-    logits). Saves a session call per layer (benchmarks/results/ort_load_options.md, per-call overhead).
-    The ramp's names get a prefix; its inputs bind to the layer's output and the shared mask."""
-    import onnx
-
-    lay, rmp = onnx.load(str(layer)), onnx.load(str(ramp))
-    outputs = [o.name for o in rmp.graph.output]  # logits, and exit_prob for halting-head ramps
-    bind = {"hidden_states": "hidden_states_out", "attention_mask": "attention_mask", "": "", **{o: o for o in outputs}}
-
-    def name(x: str) -> str:
-        return bind.get(x, f"ramp/{x}")
-
-    for node in rmp.graph.node:
-        node.name = f"ramp/{node.name}"
-        node.input[:] = [name(x) for x in node.input]
-        node.output[:] = [name(x) for x in node.output]
-    for init in rmp.graph.initializer:
-        init.name = name(init.name)
-    for vi in rmp.graph.value_info:
-        vi.name = name(vi.name)
-    g = lay.graph
-    have = {i.name for i in g.input}
-    g.input.extend(i for i in rmp.graph.input if i.name == "attention_mask" and i.name not in have)
-    g.node.extend(rmp.graph.node)
-    g.initializer.extend(rmp.graph.initializer)
-    g.value_info.extend(rmp.graph.value_info)
-    g.output.extend(rmp.graph.output)
-    versions = {o.domain: o.version for o in lay.opset_import}
-    for o in rmp.opset_import:
-        versions[o.domain] = max(versions.get(o.domain, 0), o.version)
-    del lay.opset_import[:]
-    lay.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
-    lay.ir_version = max(lay.ir_version, rmp.ir_version)
-    onnx.save(lay, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=dst.name + ".data", size_threshold=1024)
-
-
-def _check_fused(fused: Path, layer: Path, ramp: Path, hidden: int) -> float:
-    """Max abs difference of the fused graph against its two parts on a random padded batch."""
-    import onnxruntime as ort
-
-    rng = np.random.default_rng(0)
-    h = rng.standard_normal((2, 7, hidden)).astype(np.float32)
-    mask = np.array([[1] * 7, [1] * 4 + [0] * 3], np.int64)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-
-    def run(p: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        sess = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-        return sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})
-
-    h_out, logits = run(fused, {"hidden_states": h, "attention_mask": mask})[:2]
-    ref_h = run(layer, {"hidden_states": h, "attention_mask": mask})[0]
-    ref_l = run(ramp, {"hidden_states": ref_h, "attention_mask": mask})[0]
-    return float(max(np.abs(h_out - ref_h).max(), np.abs(logits - ref_l).max()))
-
-
 def _build_fused(m: Manifest, spec: registry.VariantSpec, out: Path
                  ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
     """A fused variant: its source variant's layer i and ramp i as one graph (embeddings copied as they are)."""
+    from nanotrt.pipeline.plan import compose, probe_feeds, segment_error
+
     variant, src_variant = spec.name, str(spec.source)
     base = m.schedule(src_variant)
     graphs: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -473,8 +441,10 @@ def _build_fused(m: Manifest, spec: registry.VariantSpec, out: Path
         for i, (lay, ramp) in enumerate(zip(base.layers, base.ramps, strict=True)):
             bar.update(job, info=f"layer {i}")
             dst = out / f"fused_{i:02d}.onnx"
-            fuse_layer_ramp(m.verify(lay), m.verify(ramp), dst)
-            worst = max(worst, _check_fused(dst, m.path(lay), m.path(ramp), int(m.data["hidden_size"])))
+            # One graph computing layer i and its ramp: saves a session call per layer (ort_load_options.md).
+            compose([m.verify(lay), m.verify(ramp)], dst, keep_hidden=True)
+            feeds = probe_feeds(m.graphs[lay]["inputs"], int(m.data["hidden_size"]), 2)
+            worst = max(worst, segment_error(dst, [m.path(lay), m.path(ramp)], feeds))
             entry, r_entry = m.graphs[lay], m.graphs[ramp]
             precision = entry["precision"] if entry["precision"] == r_entry["precision"] else "mixed"
             graphs[f"{variant}/fused_{i:02d}"] = (dst.name, {

@@ -187,12 +187,12 @@ def _read_hf_config(p: Path) -> Any:
     try:
         model_type = json.loads((p / "config.json").read_text()).get("model_type", "")
     except json.JSONDecodeError as e:
-        raise NanotrtError(f"{p / 'config.json'} is not valid JSON ({e}): re-save the model") from None
+        raise NanotrtError(f"{p / 'config.json'} is not valid JSON ({e}): re-save the model") from e
     get_adapter(model_type)  # clear error for unsupported families before transformers complains
     try:
         return AutoConfig.from_pretrained(str(p), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - a config transformers cannot read -> one clear line
-        raise NanotrtError(f"cannot read {p / 'config.json'} ({_first_line(e)}): re-save the model") from None
+        raise NanotrtError(f"cannot read {p / 'config.json'} ({_first_line(e)}): re-save the model") from e
 
 
 def _first_line(e: BaseException) -> str:
@@ -205,11 +205,17 @@ def _weights_error(p: Path, e: BaseException) -> NanotrtError:
                         "damaged; copy the complete model directory again (config.json + model.safetensors)")
 
 
+def position_limit(config: Any) -> int:
+    """Tokens the model's position table holds (0: no limit known)."""
+    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if limit and config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1  # positions start after the pad id
+    return limit
+
+
 def check_max_length(config: Any, max_length: int) -> None:
     """A max_length past the model's position table would crash (or wrap) on the first long input."""
-    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1  # positions start after the pad id
+    limit = position_limit(config)
     if max_length < 2 or (limit > 0 and max_length > limit):
         raise NanotrtError(f"max_length {max_length} is out of range for this model: use 2..{limit} "
                            "(its max_position_embeddings)")
@@ -225,7 +231,7 @@ def load_tokenizer(model_dir: str | Path, vocab_size: int | None = None) -> Any:
         tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, use_fast=True)
     except Exception as e:  # noqa: BLE001
         raise NanotrtError(f"cannot load the tokenizer from '{model_dir}' ({_first_line(e)}): "
-                           "copy the tokenizer files next to config.json") from None
+                           "copy the tokenizer files next to config.json") from e
     if not getattr(tok, "is_fast", False):
         raise NanotrtError(f"the tokenizer in '{model_dir}' has no fast (tokenizers) version to convert")
     # transformers builds an empty tokenizer (special tokens only) when the vocab files are absent.
@@ -276,7 +282,7 @@ def load_model(
             rcfg = RampConfig(**json.loads((p / RAMP_CONFIG).read_text()))
         except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:  # hand-edited or damaged
             raise NanotrtError(f"{p / RAMP_CONFIG} is not a valid nanotrt ramp config ({_first_line(e)}): "
-                               "re-create the checkpoint with `nanotrt train`") from None
+                               "re-create the checkpoint with `nanotrt train`") from e
         if exit_head and not rcfg.exit_head:
             raise NanotrtError(f"checkpoint '{p}' has no exit heads: train --compute-penalty from the base model")
         encoder = AutoModel.from_config(config, attn_implementation="eager")
@@ -287,7 +293,7 @@ def load_model(
             missing, unexpected = st_load(model, str(p / WEIGHTS), strict=False)
         except Exception as e:  # noqa: BLE001 - corrupt/mismatched weights become one clear line
             raise NanotrtError(f"cannot load {p / WEIGHTS} ({_first_line(e)}): the file is damaged or from another "
-                               "model; re-create the checkpoint") from None
+                               "model; re-create the checkpoint") from e
         # A pooler the source model never had (RoBERTa/DistilBERT heads) is unused by the ramps.
         missing = [k for k in missing if not k.startswith("encoder.pooler.")]
         if missing or unexpected:
@@ -309,7 +315,7 @@ def load_model(
                 hf = None
                 encoder = AutoModel.from_pretrained(str(p), **kw)
         except Exception as e:  # noqa: BLE001 - missing / truncated / mismatched weights -> one clear line
-            raise _weights_error(p, e) from None
+            raise _weights_error(p, e) from e
         id2label = getattr(config, "id2label", None) or {}
         default_labels = ([id2label.get(i, str(i)) for i in range(n)] if n > 1 else ["score"]) if is_cls else []
         adapter = get_adapter(config.model_type)

@@ -23,7 +23,7 @@ import numpy as np
 from nanotrt.runtime.artifact import Manifest, Schedule
 from nanotrt.runtime.backend import Backend
 from nanotrt.runtime.errors import NanotrtError
-from nanotrt.runtime.fsutil import write_json
+from nanotrt.runtime.fsutil import write_json, writer_lock
 
 FORMAT = "nanotrt-profile"
 FORMAT_VERSION = 1
@@ -59,13 +59,17 @@ def cpu_name() -> str:
     return platform.processor()
 
 
+LIBRARIES = ("onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "tokenizers", "torch", "transformers")
+
+
 def machine() -> dict[str, Any]:
-    """What the numbers depend on: CPU model and count, OS, Python, the backend libraries."""
+    """What the numbers depend on: CPU model and count, OS, Python, the installed libraries that run or
+    feed the models. The one description of a machine: profiles and every benchmark report record it."""
     import importlib.metadata as md
 
     cpu = cpu_name()
     libs = {}
-    for lib in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy"):
+    for lib in LIBRARIES:
         try:
             libs[lib] = md.version(lib)
         except md.PackageNotFoundError:
@@ -91,9 +95,9 @@ class DeviceProfile:
     def read(cls, path: Path) -> DeviceProfile:
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise NanotrtError(f"cannot read the device profile {path} ({e}): re-run `nanotrt profile`") from None
-        if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
+        except (OSError, ValueError) as e:
+            raise NanotrtError(f"cannot read the device profile {path} ({e}): re-run `nanotrt profile`") from e
+        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise NanotrtError(f"{path} is not a nanotrt device profile of version {FORMAT_VERSION}: "
                                "re-run `nanotrt profile`")
         return cls(data)
@@ -109,18 +113,19 @@ class DeviceProfile:
             ms += g["load_ms"]
         return ms / 1000.0
 
-    def _groups(self) -> list[dict[str, Any]]:
+    def groups(self) -> list[dict[str, Any]]:
+        """The walk's steps between exit points: {graphs, start, end}."""
         s = self.data["schedule"]
         if "groups" in s:
             return list(s["groups"])
         return [{"graphs": [lay, ramp], "start": i, "end": i + 1}  # profiles before plans: layer i + ramp i
                 for i, (lay, ramp) in enumerate(zip(s["layers"], s["ramps"], strict=True))]
 
-    def step_seconds(self, layer: int, batch: int, seq: int) -> float:
+    def step_seconds(self, layer: int, batch: int, seq: int, stat: str = "p90_ms") -> float:
         """Predicted seconds of the walk from one exit point to the next, for the step holding layer ``layer``
         (0-based): layer + ramp per layer, or a plan's segment. The deadline rule's next step."""
-        group = next(g for g in self._groups() if g["start"] <= layer < g["end"])
-        return sum(self.graph_seconds(name, batch, seq) for name in dict.fromkeys(group["graphs"]))
+        group = next(g for g in self.groups() if g["start"] <= layer < g["end"])
+        return sum(self.graph_seconds(name, batch, seq, stat) for name in dict.fromkeys(group["graphs"]))
 
     def embeddings_seconds(self, batch: int, seq: int) -> float:
         """The embeddings when they run alone (0 when a plan's first segment holds them)."""
@@ -144,11 +149,16 @@ def exit_groups(sched: Schedule) -> tuple[str | None, list[dict[str, Any]]]:
     return emb, groups
 
 
-def load_profile(root: str | Path, variant: str, backend: str) -> DeviceProfile | None:
+def load_profile(artifact: Manifest | str | Path, variant: str, backend: str) -> DeviceProfile | None:
     """The artifact's profile for ``variant`` on ``backend`` if one was made on this machine, else None
-    (a warning says why a profile was not used; the deadline rule then measures online)."""
-    path = profile_path(root, variant)
-    if not path.is_file():
+    (a warning says why a profile was not used; the deadline rule then measures online). Only a profile the
+    manifest lists, checked against its sha256, is read."""
+    manifest = artifact if isinstance(artifact, Manifest) else Manifest.load(artifact)
+    path = manifest.profile_file(variant)
+    if path is None:
+        if profile_path(manifest.root, variant).is_file():
+            warnings.warn(f"{profile_path(manifest.root, variant)} is not listed in the manifest (made by an older "
+                          "nanotrt, or copied in): not used; re-run `nanotrt profile`", stacklevel=2)
         return None
     prof = DeviceProfile.read(path)
     made, here = prof.data.get("machine", {}), machine()
@@ -184,8 +194,7 @@ def measure(manifest: Manifest, backend: Backend, variant: str, swapping: bool, 
     """Time every graph of ``variant``'s schedule over the grid; returns the profile document."""
     sched = manifest.schedule(variant)
     emb, groups = exit_groups(sched)
-    lookup = manifest.data.get("lookup")
-    table = np.load(manifest.verify(lookup), mmap_mode="r") if lookup else None
+    table = manifest.word_table()
     rng = np.random.default_rng(0)
     backend.configure(swapping=swapping)
     graphs: dict[str, Any] = {}
@@ -220,8 +229,13 @@ def measure(manifest: Manifest, backend: Backend, variant: str, swapping: bool, 
 
 
 def write_profile(manifest: Manifest, doc: dict[str, Any]) -> Path:
-    path = profile_path(manifest.root, doc["variant"])
-    write_json(path, doc)  # temp file + rename
+    """Write the profile and list it (sha256, bytes) in the manifest, under the artifact's writer lock."""
+    with writer_lock(manifest.root):
+        path = profile_path(manifest.root, doc["variant"])
+        write_json(path, doc)  # temp file + rename
+        fresh = Manifest.load(manifest.root)  # another writer may have changed it since this run began
+        fresh.data.setdefault("profiles", {})[doc["variant"]] = fresh.file_entry(path)
+        fresh.save()
     return path
 
 
@@ -241,19 +255,18 @@ def run_profile(artifact: str | Path, backend: str = "onnxruntime", precision: s
                 tick: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """Measure and write the device profile of ``artifact``; returns (path, document)."""
     from nanotrt.runtime.backend import get_backend
-    from nanotrt.runtime.runner import resolve_budget
+    from nanotrt.runtime.runner import engines_swapped, resolve_budget, runner_variant
 
     if repeats < 1:
         raise NanotrtError("--repeats must be >= 1")
     m = Manifest.load(artifact)
-    options: dict[str, Any] = {"threads": threads} if threads and backend == "onnxruntime" else {}
+    options: dict[str, Any] = {"threads": threads} if threads is not None and backend == "onnxruntime" else {}
     be = get_backend(backend, **options)
     try:
-        v = m.resolve_variant(variant, precision, be.name)  # the runner's rule
-        sched = m.schedule(v)
-        budget = resolve_budget(memory_budget, m, v)
-        total = sum(int(m.graphs[n]["bytes"]) for n in sched.names())
-        doc = measure(m, be, v, budget is not None and budget < total, memory_budget,
+        v = runner_variant(m, variant, precision, be.name, memory_budget)  # the runner's rule
+        reserved = be.reserve(m, m.schedule(v).names())  # as the runner does: part of the budget
+        budget = resolve_budget(memory_budget, m, v, reserved)
+        doc = measure(m, be, v, engines_swapped(m, v, budget, reserved), memory_budget,
                       _ints(batches, "batch sizes"), _ints(seqs, "sequence lengths"), repeats, tick)
     finally:
         be.close()

@@ -157,8 +157,10 @@ def test_simulate_replays_the_runner(halting_art: Path) -> None:
 
 
 def test_profile_writes_grid_and_feeds_the_deadline_rule(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    from nanotrt.runtime.artifact import Manifest
+    from nanotrt.runtime.errors import NanotrtError
     from nanotrt.runtime.exits import Deadline
-    from nanotrt.runtime.profile import DeviceProfile, profile_path, run_profile
+    from nanotrt.runtime.profile import DeviceProfile, profile_path, run_profile, write_profile
     from nanotrt.runtime.runner import Runner
 
     art = tmp_path / "art"
@@ -175,8 +177,11 @@ def test_profile_writes_grid_and_feeds_the_deadline_rule(artifacts: dict[str, Pa
         assert isinstance(r.policy, Deadline) and r.policy.profile is not None  # the profile is used
         res = r.predict(["a short text", "another"], batch_size=1)
         assert (res.exit_layers >= 1).all()
+    path.write_text(json.dumps(saved) + " ")  # a profile changed behind the manifest's back is refused
+    with pytest.raises(NanotrtError, match="profile-fp32.json does not match its sha256"):
+        Runner.from_artifact(art, exit="deadline=50ms")
     saved["machine"]["cpu"] = "another CPU"
-    path.write_text(json.dumps(saved))
+    write_profile(Manifest.load(art), saved)  # listed and hashed again
     with pytest.warns(UserWarning, match="another machine"), Runner.from_artifact(art, exit="deadline=50ms") as r:
         assert r.policy.profile is None  # measured online instead
 
@@ -213,3 +218,21 @@ def test_cli_calibrate_and_profile(halting_art: Path, tmp_path: Path) -> None:
     p = _cli("profile", str(art), "--batches", "1", "--seqs", "8", "--repeats", "1")
     assert p.returncode == 0 and (art / "profile-fp32.json").is_file(), p.stderr
     assert np.isfinite(json.loads((art / "profile-fp32.json").read_text())["graphs"]["ramp_00"]["load_ms"])
+
+
+def test_recorder_keeps_exit_prob_per_micro_batch_in_block_mode(halting_art: Path) -> None:
+    """calibrate-exit's recorder on an artifact with halting heads, walked in blocks (several micro-batches
+    interleaved layer by layer): the same exit_prob as one micro-batch at a time (was an IndexError)."""
+    from nanotrt.pipeline.calibrate_exit import _Recorder
+    from nanotrt.runtime.artifact import Manifest
+    from nanotrt.runtime.runner import Runner
+
+    texts = ["The book was read by me.", "Him went there quickly", "what a day", "She sings.", "Go."] * 3
+    got = {}
+    for mode in ("latency", "block"):
+        rec = _Recorder(Manifest.load(halting_art).num_layers)
+        with Runner.from_artifact(halting_art, exit=rec, memory_budget="1layer") as r:
+            r.predict(texts, batch_size=2, mode=mode)
+        got[mode] = np.concatenate(rec.chunks)
+    assert not np.isnan(got["block"][:, :-1]).any()
+    np.testing.assert_allclose(got["block"], got["latency"], atol=1e-6)
