@@ -244,8 +244,9 @@ def create_app(service: Service, batcher: Batcher | None = None) -> Any:
     @asynccontextmanager
     async def one_predict_thread(app: Any) -> AsyncIterator[None]:
         # The batcher runs Runner.predict through the loop's default executor (asyncio.to_thread). The Runner
-        # serializes its calls anyway; one thread instead of the default min(32, cores + 4) also keeps the
-        # batch buffers in one malloc arena (several threads measured +80 MB peak RSS at batch 32).
+        # serializes its calls anyway, so one thread instead of min(32, cores + 4). With the default executor the
+        # batching server measured +87 MB peak RSS over batching off (serving.md); suspected cause: batch
+        # buffers spread over per-thread malloc arenas. Not yet re-measured with this single thread.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1, thread_name_prefix="nanotrt-predict"))
         yield
 

@@ -45,7 +45,7 @@ def deployment(config: ServeConfig, replicas: int = 1, num_cpus: float = 1.0) ->
         def __init__(self, cfg: ServeConfig):
             setup_logging()
             self.service = cfg.service()
-            self.executor = ThreadPoolExecutor(1, thread_name_prefix="nanotrt-predict")  # as in nanotrt serve
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="nanotrt-predict")  # as nanotrt serve
             batching: Any = self.sample  # @serve.batch's handle: the settings come from the command line
             batching.set_max_batch_size(cfg.max_batch_size)
             batching.set_batch_wait_timeout_s(cfg.max_wait_ms / 1000)
