@@ -12,10 +12,12 @@ should use ``session``.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,30 @@ class OrtEngine:
     input_names: list[str]
     output_names: list[str]
     nbytes: int
+
+    def feed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: feeds[k] for k in self.input_names}
+
+    def drop(self) -> None:
+        self.session = None
+
+
+@dataclass
+class SwapEngine(OrtEngine):
+    """A graph of a swap variant (``nanotrt build --swap``): its structure's shared session plus zero-copy
+    views of its mapped weight file, fed as inputs. Loading maps the file; releasing unmaps it."""
+
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    mapping: Any = None  # the mmap.mmap the views point into
+
+    def feed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**{k: feeds[k] for k in self.input_names}, **self.weights}
+
+    def drop(self) -> None:
+        self.session, self.weights = None, {}
+        mm, self.mapping = self.mapping, None
+        if mm is not None:
+            unmap(mm)
 
 
 # The process-wide pool: ORT allows exactly one, created on the first call; later calls raise. None until
@@ -78,7 +104,8 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, threads: int | None = None, providers: list[str] | None = None, verify: bool = True,
-                 spin: bool = False, prepack: bool | None = None, thread_pool: str | None = None):
+                 spin: bool = False, prepack: bool | None = None, thread_pool: str | None = None,
+                 populate: bool = True):
         import onnxruntime as ort
 
         thread_pool = thread_pool or os.environ.get("NANOTRT_ORT_THREAD_POOL", "shared")
@@ -93,6 +120,11 @@ class OrtBackend(Backend):
         self.prepack = True if prepack is None else prepack
         self.shared_pool = thread_pool == "shared" and shared_thread_pool(ort, threads)
         self.sessions_created = 0  # counted so tests and benches can see what a streamed run builds
+        # Swap variants: one session per structure, built once and kept (see load_swap); ``populate`` maps a
+        # graph's weight pages when it is loaded (on the prefetch thread) rather than faulting them in its run.
+        self.populate = populate
+        self._structures: dict[str, Any] = {}
+        self._structure_lock = threading.Lock()
 
     def configure(self, swapping: bool) -> None:
         # Prepacking re-lays out GEMM weights at load into a second copy: most of a built BERT-base layer's
@@ -128,23 +160,110 @@ class OrtBackend(Backend):
 
     def load(self, manifest: Manifest, name: str) -> OrtEngine:
         entry = manifest.graphs[name]
-        if entry.get("format") != "onnx":
+        loader = _LOADERS.get(str(entry.get("format")))
+        if loader is None:
             raise NanotrtError(f"graph {name} is a {entry.get('format')} file; the onnxruntime backend runs onnx graphs")
+        return loader(self, manifest, name)
+
+    def load_session(self, manifest: Manifest, name: str) -> OrtEngine:
+        """A built or exported graph: one session per load (the weights come with it)."""
+        entry = manifest.graphs[name]
         path = manifest.verify(name) if self.verify else manifest.path(name)
+        sess = self._session(path, entry)
+        return OrtEngine(name, sess, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()],
+                         int(entry["bytes"]))
+
+    def _session(self, path: Path, entry: dict[str, Any]) -> Any:
         try:
             sess = self._ort.InferenceSession(str(path), self._options(entry), providers=self.providers)
         except Exception as e:  # noqa: BLE001 - corrupted graph -> one clear line
             raise NanotrtError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
         self.sessions_created += 1
-        return OrtEngine(name, sess, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()],
-                         int(entry["bytes"]))
+        return sess
 
     def run(self, engine: OrtEngine, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = engine.session.run(engine.output_names, {k: feeds[k] for k in engine.input_names})
+        outs = engine.session.run(engine.output_names, engine.feed(feeds))
         return dict(zip(engine.output_names, outs, strict=True))
 
     def release(self, engine: OrtEngine) -> None:
         # No heap trim per swap: the next engine reuses the freed blocks (RSS stays bounded by the budget),
         # and trimming then re-faulting the pages costs time (ort_load_options.md, 2-layer budget).
-        # The cache trims when it is cleared.
-        engine.session = None
+        # The cache trims when it is cleared. A swap engine unmaps its weights.
+        engine.drop()
+
+    # --- swap variants (issue 21): shared structure sessions, weights mapped per graph ----------------
+    def load_swap(self, manifest: Manifest, name: str) -> SwapEngine:
+        """Map the graph's weight file (sha256-checked on first use and whenever the file changed, like every
+        graph) and bind views of it to its structure's session: no graph to parse, no weights copied."""
+        entry = manifest.graphs[name]
+        sess, structure = self.structure(manifest, str(entry["structure"]))
+        path = manifest.verify(name) if self.verify else manifest.path(name)
+        mm, weights = map_weights(path, structure["weights"], int(structure["weight_bytes"]), self.populate)
+        acts = [i["name"] for i in entry["inputs"]]
+        return SwapEngine(name, sess, acts, [o.name for o in sess.get_outputs()], int(entry["bytes"]), weights, mm)
+
+    def structure(self, manifest: Manifest, sname: str) -> tuple[Any, dict[str, Any]]:
+        """The session of a structure graph, built on first use and kept until ``close``."""
+        entry = manifest.graphs[sname]
+        key = f"{manifest.root}:{sname}:{entry['sha256']}"
+        with self._structure_lock:
+            sess = self._structures.get(key)
+            if sess is None:
+                path = manifest.verify(sname) if self.verify else manifest.path(sname)
+                sess = self._structures[key] = self._session(path, entry)
+        return sess, entry
+
+    def reserve(self, manifest: Manifest, names: list[str]) -> int:
+        """Build the structure sessions of swap graphs now; their graphs' bytes are the budget's fixed part
+        (the weights they run with are budgeted per graph while mapped)."""
+        wanted = dict.fromkeys(str(manifest.graphs[n]["structure"]) for n in names
+                               if manifest.graphs[n].get("format") == SWAP_FORMAT)
+        for s in wanted:
+            self.structure(manifest, s)
+        return sum(int(manifest.graphs[s]["bytes"]) for s in wanted)
+
+    def close(self) -> None:
+        with self._structure_lock:
+            self._structures.clear()
+
+
+SWAP_FORMAT = "onnx-swap"  # manifest format of a swap variant's graph (pipeline/swap_build.py writes it)
+_LOADERS = {"onnx": OrtBackend.load_session, SWAP_FORMAT: OrtBackend.load_swap}
+
+
+def map_weights(path: Path, specs: list[list[Any]], nbytes: int, populate: bool
+                ) -> tuple[mmap.mmap, dict[str, np.ndarray]]:
+    """Map a swap weight file (a flat uint8 .npy, read without pickle) read-only and return the mapping and
+    one zero-copy array per ``[name, dtype, shape, offset]``. ``populate`` (Linux): the kernel maps every
+    page now (MAP_POPULATE; from the page cache, or read from disk), so the graph's run takes no faults."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            start = f.tell()
+            if dtype != np.uint8 or len(shape) != 1 or shape[0] < nbytes:
+                raise ValueError(f"holds {dtype} {shape}, not {nbytes} bytes")
+            if populate and hasattr(mmap, "MAP_POPULATE"):
+                mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+            else:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:
+        raise NanotrtError(f"cannot map weight file {path} ({e}): re-run `nanotrt build --swap`") from None
+    blob = np.frombuffer(mm, np.uint8, count=nbytes, offset=start)
+    views = {}
+    for name, dt, shp, off in specs:
+        dt = np.dtype(dt)
+        count = int(np.prod(shp, dtype=np.int64)) * dt.itemsize
+        views[str(name)] = blob[off:off + count].view(dt).reshape(shp)
+    return mm, views
+
+
+def unmap(mm: mmap.mmap) -> None:
+    """Give a mapping's pages back: munmap (they stay in the page cache, which the kernel reclaims as it
+    needs). If a view of it is still referenced somewhere, drop its pages now and let the view unmap it."""
+    try:
+        mm.close()
+    except BufferError:
+        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)

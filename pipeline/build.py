@@ -86,7 +86,7 @@ def _ort_offline_optimize(path: Path) -> None:
 def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False, int8: bool = False,
           calib_task: str | None = None, calib_size: int = 512, calib_method: str = "minmax",
           data_dir: str | Path | None = None, int8_tolerance: float = INT8_TOLERANCE, dynamic: bool = False,
-          trt_options: dict[str, Any] | None = None, fused: bool = False) -> list[str]:
+          trt_options: dict[str, Any] | None = None, fused: bool = False, swap: bool = False) -> list[str]:
     """Build the requested variants into ``artifact``; returns the variant names now present."""
     m = Manifest.load(artifact)
     registry.build_targets(backend, False, False, False, False)  # an unknown backend fails before any work
@@ -101,7 +101,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
     trt_mod: Any = None
     if backend == "tensorrt":
         trt_mod, trt_options = _trt_setup(m, trt_options)
-    targets = registry.build_targets(backend, fp16, int8, dynamic, fused)
+    targets = registry.build_targets(backend, fp16, int8, dynamic, fused, swap)
     calib = None
     built: list[str] = []
     for spec in targets:
@@ -258,6 +258,10 @@ def _build_variant(m: Manifest, spec: registry.VariantSpec, out: Path, calib: An
                    ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
     if spec.kind == "fused":
         return _build_fused(m, spec, out)
+    if spec.kind == "swap":
+        from nanotrt.pipeline.swap_build import build_swap
+
+        return build_swap(m, spec, out)
     variant, tensorrt = spec.name, spec.backend == "tensorrt"
     base = m.schedule("fp32")
     units = _graph_units(m)
