@@ -68,10 +68,10 @@ def drop_cache(path: Path) -> None:
 
 
 class Method:
-    """load(name) -> handle, run(handle, feeds), release(handle); ``before_load`` runs untimed."""
+    """load(name) -> handle, run(handle, feeds), release(name, handle); ``before_load`` runs untimed."""
 
     def __init__(self, load: Callable[[str], Any], run: Callable[[Any, dict[str, np.ndarray]], Any],
-                 release: Callable[[Any], None], before_load: Callable[[str], None] | None = None):
+                 release: Callable[[str, Any], None], before_load: Callable[[str], None] | None = None):
         self.load, self.run, self.release, self.before_load = load, run, release, before_load
 
 
@@ -83,9 +83,6 @@ def methods(m: Any, variant: str) -> dict[str, Method]:
     mapped, lazy = OrtBackend(), OrtBackend(populate=False)
     swap_name = dict(zip(m.schedule(variant).layers, m.schedule(swap).layers, strict=True))
     ort = plain._ort
-
-    def swap_run(b: OrtBackend) -> Callable[[Any, dict[str, np.ndarray]], Any]:
-        return b.run
 
     def ext_session(name: str) -> tuple[Any, Any]:
         """(c): a session whose initializers are the mapped arrays (structure graph with the inputs turned back
@@ -110,28 +107,28 @@ def methods(m: Any, variant: str) -> dict[str, Method]:
             np.frombuffer(mm, np.uint8)[::4096].sum()
         return kept[name][0]
 
-    def kept_release(name: str) -> Callable[[Any], None]:
-        return lambda _: kept[name][1][0].madvise(mmap.MADV_DONTNEED)
+    def kept_release(name: str, _: Any) -> None:
+        kept[name][1][0].madvise(mmap.MADV_DONTNEED)
+
+    def drop(b: OrtBackend) -> Callable[[str, Any], None]:
+        return lambda _, e: b.release(e)
 
     def ort_run(s: Any, f: dict[str, np.ndarray]) -> Any:
         return s.run(None, {i.name: f[i.name] for i in s.get_inputs() if i.name in f})
 
     out = {
-        "(a) session build per swap (today)": Method(lambda n: plain.load(m, n), plain.run, plain.release),
+        "(a) session build per swap (today)": Method(lambda n: plain.load(m, n), plain.run, drop(plain)),
         "(b) structure session + mapped weights, populated at load": Method(
-            lambda n: mapped.load(m, swap_name[n]), swap_run(mapped), mapped.release),
+            lambda n: mapped.load(m, swap_name[n]), mapped.run, drop(mapped)),
         "(b) ... not populated (run faults the pages)": Method(
-            lambda n: lazy.load(m, swap_name[n]), swap_run(lazy), lazy.release),
+            lambda n: lazy.load(m, swap_name[n]), lazy.run, drop(lazy)),
         "(b) ... cold: file dropped from the page cache": Method(
-            lambda n: mapped.load(m, swap_name[n]), swap_run(mapped), mapped.release,
+            lambda n: mapped.load(m, swap_name[n]), mapped.run, drop(mapped),
             before_load=lambda n: drop_cache(m.path(swap_name[n]))),
         "(c) session per swap, add_external_initializers (mapped)": Method(
-            lambda n: ext_session(n), lambda h, f: ort_run(h[0], f), lambda h: None),
+            lambda n: ext_session(n), lambda h, f: ort_run(h[0], f), lambda n, h: None),
+        "(d) sessions kept, weight pages dropped / re-populated": Method(kept_load, ort_run, kept_release),
     }
-    # (d) keeps one session per layer: its release is per layer, so it is wrapped per name below
-    out["(d) sessions kept, weight pages dropped / re-populated"] = Method(
-        kept_load, ort_run, lambda h: None)
-    out["(d) sessions kept, weight pages dropped / re-populated"].release_for = kept_release  # type: ignore[attr-defined]
     return out
 
 
@@ -190,7 +187,7 @@ def measure(m: Any, variant: str, tokens: int, repeats: int) -> list[dict[str, A
                 t2 = time.perf_counter()
                 meth.run(h, f)
                 t3 = time.perf_counter()
-                getattr(meth, "release_for", lambda _n: meth.release)(n)(h)
+                meth.release(n, h)
                 del h
                 t4 = time.perf_counter()
                 if r:
@@ -220,7 +217,7 @@ def _held(meth: Method, layers: list[str], f: dict[str, np.ndarray]) -> tuple[fl
         meth.run(held[-1], f)
     a1, f1 = rss()
     for n, h in zip(layers, held, strict=True):
-        getattr(meth, "release_for", lambda _n: meth.release)(n)(h)
+        meth.release(n, h)
     del held
     trim_heap()
     return (a1 - a0) / len(layers), (f1 - f0) / len(layers)

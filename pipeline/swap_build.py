@@ -165,7 +165,7 @@ def build_swap(m: Manifest, spec: registry.VariantSpec, out: Path
             stem = _stem(u)
             write_weights(canon[u], lift, out / f"{stem}.npy")
             entry = m.graphs[u]
-            fields = {k: entry[k] for k in ("role", "index", "inputs", "outputs", "precision") if k in entry}
+            fields: dict[str, Any] = {k: entry[k] for k in ("role", "index", "inputs", "outputs", "precision") if k in entry}
             graphs[f"{variant}/{stem}"] = (f"{stem}.npy", {**fields, "format": SWAP_FORMAT, "structure": sname})
             rename[u] = f"{variant}/{stem}"
     sched = Schedule(rename[base.embeddings], [rename[n] for n in base.layers], [rename[n] for n in base.ramps])
