@@ -177,3 +177,21 @@ def build_swap(m: Manifest, spec: registry.VariantSpec, out: Path
 
 def _stem(unit: str) -> str:
     return unit.rsplit("/", 1)[-1]
+
+
+def refit_model(structure: Path, specs: list[list[Any]], weights: dict[str, np.ndarray]) -> Any:
+    """The structure graph with its weight inputs as initializers holding ``weights`` (one graph's mapped
+    arrays): what a refittable TensorRT plan of the structure is built from (README, TensorRT swaps). Its
+    weight names are the structure's, the same for every graph of it, so ``Refitter.set_named_weights(name,
+    array)`` with another graph's arrays turns the plan into that graph. Run on ONNX Runtime it must equal the
+    graph it was made from (tests/test_swap.py)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(structure))
+    names = {str(s[0]) for s in specs}
+    inputs = [i for i in model.graph.input if i.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(weights[n]), n) for n in sorted(names))
+    return model

@@ -210,3 +210,27 @@ def test_swap_is_registered_for_every_ort_source() -> None:
     names = {s.name for s in registry.build_targets("onnxruntime", False, True, True, True, swap=True)}
     assert {s + "-swap" for s in SOURCES} <= names
     assert not any(s.kind == "swap" for s in registry.build_targets("onnxruntime", False, True, True, True))
+
+
+def test_refit_model_of_a_structure_is_each_of_its_graphs(swapped: dict[str, Path]) -> None:
+    """The TensorRT refit contract (one plan per structure, refitted per graph by weight name), checked on ONNX
+    Runtime: the structure with graph k's weights as initializers computes graph k."""
+    import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import map_weights
+    from nanotrt.pipeline.swap_build import refit_model
+
+    art = swapped["distilbert"]
+    m = Manifest.load(art)
+    rng = np.random.default_rng(0)
+    feeds = {"hidden_states": rng.standard_normal((2, 5, int(m.data["hidden_size"]))).astype(np.float32),
+             "attention_mask": np.array([[1] * 5, [1] * 3 + [0] * 2], np.int64)}
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    for source in ("ort-fp32", "ort-int8"):
+        for swap, ref in zip(m.schedule(source + "-swap").layers, m.schedule(source).layers, strict=True):
+            s = m.graphs[m.graphs[swap]["structure"]]
+            _, w = map_weights(m.path(swap), s["weights"], s["weight_bytes"], populate=False)
+            model = refit_model(m.root / s["file"], s["weights"], w)
+            got = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+            want = ort.InferenceSession(str(m.path(ref)), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+            np.testing.assert_allclose(got[0], want[0], atol=ATOL, rtol=0)
