@@ -76,7 +76,7 @@ class Method:
 
 
 def methods(m: Any, variant: str) -> dict[str, Method]:
-    from nanotrt.engines.onnxruntime import OrtBackend, map_weights
+    from nanotrt.engines.onnxruntime import Layout, OrtBackend, map_weights
 
     swap = variant + "-swap"
     plain = OrtBackend(prepack=False)
@@ -89,7 +89,7 @@ def methods(m: Any, variant: str) -> dict[str, Method]:
         into initializers, data given through add_external_initializers)."""
         entry = m.graphs[swap_name[name]]
         sentry = m.graphs[entry["structure"]]
-        mm, w = map_weights(m.path(swap_name[name]), sentry["weights"], int(sentry["weight_bytes"]), True)
+        mm, w = map_weights(m.path(swap_name[name]), Layout.of(sentry), True)
         so = plain._options(sentry)
         so.add_external_initializers(list(w), [ort.OrtValue.ortvalue_from_numpy(a) for a in w.values()])
         return ort.InferenceSession(ext_models[entry["structure"]], so, providers=plain.providers), (mm, w)

@@ -34,8 +34,8 @@ class OrtEngine:
     output_names: list[str]
     nbytes: int
 
-    def feed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: feeds[k] for k in self.input_names}
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self.session.run(self.output_names, {k: feeds[k] for k in self.input_names}))
 
     def drop(self) -> None:
         self.session = None
@@ -44,19 +44,51 @@ class OrtEngine:
 @dataclass
 class SwapEngine(OrtEngine):
     """A graph of a swap variant (``nanotrt build --swap``): its structure's shared session plus zero-copy
-    views of its mapped weight file, fed as inputs. Loading maps the file; releasing unmaps it."""
+    views of its mapped weight file, bound once as inputs (an IOBinding per engine: feeding ~20-40 weight arrays
+    through ``run`` costs more than a small layer's compute). Loading maps the file; releasing unmaps it."""
 
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     mapping: Any = None  # the mmap.mmap the views point into
+    binding: Any = None  # onnxruntime IOBinding: weights bound at load, activations per run
 
-    def feed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {**{k: feeds[k] for k in self.input_names}, **self.weights}
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        io = self.binding
+        for k in self.input_names:
+            io.bind_cpu_input(k, np.ascontiguousarray(feeds[k]))
+        io.clear_binding_outputs()  # else ORT reuses the last run's output buffers, whose shape may not fit
+        for o in self.output_names:
+            io.bind_output(o, "cpu")
+        self.session.run_with_iobinding(io)
+        return list(io.copy_outputs_to_cpu())
 
     def drop(self) -> None:
-        self.session, self.weights = None, {}
+        if self.binding is not None:
+            self.binding.clear_binding_inputs()
+            self.binding.clear_binding_outputs()
+        self.session, self.weights, self.binding = None, {}, None
         mm, self.mapping = self.mapping, None
         if mm is not None:
             unmap(mm)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a structure's weights lie in each of its graphs' files (the same for all of them): the exact .npy
+    header np.save writes for the flat uint8 array, then each tensor at its offset."""
+
+    header: bytes
+    nbytes: int
+    tensors: tuple[tuple[str, np.dtype[Any], tuple[int, ...], int], ...]
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> Layout:
+        import io
+
+        nbytes = int(entry["weight_bytes"])
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (nbytes,)})
+        return cls(buf.getvalue(), nbytes, tuple((str(n), np.dtype(d), tuple(int(x) for x in s), int(o))
+                                                 for n, d, s, o in entry["weights"]))
 
 
 # The process-wide pool: ORT allows exactly one, created on the first call; later calls raise. None until
@@ -123,7 +155,7 @@ class OrtBackend(Backend):
         # Swap variants: one session per structure, built once and kept (see load_swap); ``populate`` maps a
         # graph's weight pages when it is loaded (on the prefetch thread) rather than faulting them in its run.
         self.populate = populate
-        self._structures: dict[str, Any] = {}
+        self._structures: dict[str, tuple[Any, Layout]] = {}
         self._structure_lock = threading.Lock()
 
     def configure(self, swapping: bool) -> None:
@@ -182,8 +214,7 @@ class OrtBackend(Backend):
         return sess
 
     def run(self, engine: OrtEngine, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = engine.session.run(engine.output_names, engine.feed(feeds))
-        return dict(zip(engine.output_names, outs, strict=True))
+        return dict(zip(engine.output_names, engine.run(feeds), strict=True))
 
     def release(self, engine: OrtEngine) -> None:
         # No heap trim per swap: the next engine reuses the freed blocks (RSS stays bounded by the budget),
@@ -196,22 +227,26 @@ class OrtBackend(Backend):
         """Map the graph's weight file (sha256-checked on first use and whenever the file changed, like every
         graph) and bind views of it to its structure's session: no graph to parse, no weights copied."""
         entry = manifest.graphs[name]
-        sess, structure = self.structure(manifest, str(entry["structure"]))
+        sess, layout = self.structure(manifest, str(entry["structure"]))
         path = manifest.verify(name) if self.verify else manifest.path(name)
-        mm, weights = map_weights(path, structure["weights"], int(structure["weight_bytes"]), self.populate)
+        mm, weights = map_weights(path, layout, self.populate)
+        io = sess.io_binding()
+        for k, v in weights.items():
+            io.bind_ortvalue_input(k, self._ort.OrtValue.ortvalue_from_numpy(v))
+        outs = [o.name for o in sess.get_outputs()]
         acts = [i["name"] for i in entry["inputs"]]
-        return SwapEngine(name, sess, acts, [o.name for o in sess.get_outputs()], int(entry["bytes"]), weights, mm)
+        return SwapEngine(name, sess, acts, outs, int(entry["bytes"]), weights, mm, io)
 
-    def structure(self, manifest: Manifest, sname: str) -> tuple[Any, dict[str, Any]]:
-        """The session of a structure graph, built on first use and kept until ``close``."""
+    def structure(self, manifest: Manifest, sname: str) -> tuple[Any, Layout]:
+        """The session of a structure graph and its weight layout, made on first use and kept until ``close``."""
         entry = manifest.graphs[sname]
         key = f"{manifest.root}:{sname}:{entry['sha256']}"
         with self._structure_lock:
-            sess = self._structures.get(key)
-            if sess is None:
+            got = self._structures.get(key)
+            if got is None:
                 path = manifest.verify(sname) if self.verify else manifest.path(sname)
-                sess = self._structures[key] = self._session(path, entry)
-        return sess, entry
+                got = self._structures[key] = (self._session(path, entry), Layout.of(entry))
+        return got
 
     def reserve(self, manifest: Manifest, names: list[str]) -> int:
         """Build the structure sessions of swap graphs now; their graphs' bytes are the budget's fixed part
@@ -231,31 +266,25 @@ SWAP_FORMAT = "onnx-swap"  # manifest format of a swap variant's graph (pipeline
 _LOADERS = {"onnx": OrtBackend.load_session, SWAP_FORMAT: OrtBackend.load_swap}
 
 
-def map_weights(path: Path, specs: list[list[Any]], nbytes: int, populate: bool
-                ) -> tuple[mmap.mmap, dict[str, np.ndarray]]:
-    """Map a swap weight file (a flat uint8 .npy, read without pickle) read-only and return the mapping and
-    one zero-copy array per ``[name, dtype, shape, offset]``. ``populate`` (Linux): the kernel maps every
-    page now (MAP_POPULATE; from the page cache, or read from disk), so the graph's run takes no faults."""
+def map_weights(path: Path, layout: Layout, populate: bool) -> tuple[mmap.mmap, dict[str, np.ndarray]]:
+    """Map a swap weight file read-only and return the mapping and one zero-copy array per tensor of ``layout``.
+    The file must be the flat uint8 .npy the layout describes (its header is compared byte for byte: no
+    pickle, nothing read out of range). ``populate`` (Linux): the kernel maps every page now (MAP_POPULATE;
+    from the page cache, else read from disk), so the graph's run takes no page faults."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f)
-            start = f.tell()
-            if dtype != np.uint8 or len(shape) != 1 or shape[0] < nbytes:
-                raise ValueError(f"holds {dtype} {shape}, not {nbytes} bytes")
+            head = f.read(len(layout.header))
+            size = os.fstat(f.fileno()).st_size
+            if head != layout.header or size != len(head) + layout.nbytes:
+                raise ValueError(f"not the flat array of {layout.nbytes} bytes its structure describes")
             if populate and hasattr(mmap, "MAP_POPULATE"):
                 mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
             else:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as e:
         raise NanotrtError(f"cannot map weight file {path} ({e}): re-run `nanotrt build --swap`") from None
-    blob = np.frombuffer(mm, np.uint8, count=nbytes, offset=start)
-    views = {}
-    for name, dt, shp, off in specs:
-        dt = np.dtype(dt)
-        count = int(np.prod(shp, dtype=np.int64)) * dt.itemsize
-        views[str(name)] = blob[off:off + count].view(dt).reshape(shp)
+    start = len(layout.header)
+    views = {name: np.ndarray(shape, dt, buffer=mm, offset=start + off) for name, dt, shape, off in layout.tensors}
     return mm, views
 
 

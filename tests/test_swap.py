@@ -197,7 +197,7 @@ def test_weight_file_wrong_layout_is_one_clear_error(swapped: dict[str, Path], t
     m = Manifest.load(art)
     name = m.schedule("ort-fp32-swap").layers[0]
     np.save(m.path(name), np.zeros(10, np.float32))
-    with pytest.raises(NanotrtError, match="cannot map weight file .*holds float32"):
+    with pytest.raises(NanotrtError, match="cannot map weight file .*not the flat array"):
         OrtBackend(verify=False).load(m, name)
 
 
@@ -216,7 +216,7 @@ def test_refit_model_of_a_structure_is_each_of_its_graphs(swapped: dict[str, Pat
     """The TensorRT refit contract (one plan per structure, refitted per graph by weight name), checked on ONNX
     Runtime: the structure with graph k's weights as initializers computes graph k."""
     import onnxruntime as ort
-    from nanotrt.engines.onnxruntime import map_weights
+    from nanotrt.engines.onnxruntime import Layout, map_weights
     from nanotrt.pipeline.swap_build import refit_model
 
     art = swapped["distilbert"]
@@ -229,7 +229,7 @@ def test_refit_model_of_a_structure_is_each_of_its_graphs(swapped: dict[str, Pat
     for source in ("ort-fp32", "ort-int8"):
         for swap, ref in zip(m.schedule(source + "-swap").layers, m.schedule(source).layers, strict=True):
             s = m.graphs[m.graphs[swap]["structure"]]
-            _, w = map_weights(m.path(swap), s["weights"], s["weight_bytes"], populate=False)
+            _, w = map_weights(m.path(swap), Layout.of(s), populate=False)
             model = refit_model(m.root / s["file"], s["weights"], w)
             got = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
             want = ort.InferenceSession(str(m.path(ref)), so, providers=["CPUExecutionProvider"]).run(None, feeds)
