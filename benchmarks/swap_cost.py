@@ -18,7 +18,7 @@ resident), and the swap's cost = load + first run - the resident run (built grap
 loaded: the all-resident baseline); per MB of the layer's weights. Memory: RssAnon / RssFile added per
 layer held (all layers loaded at once).
 
-    flock /tmp/nanotrt-cpu.lock python benchmarks/swap_cost.py [--artifact ART ...] [--tokens 128 16] [--repeats 3]
+    flock /tmp/nanotrt-cpu.lock python benchmarks/swap_cost.py [--artifact ART ...] [--shapes 1x128 1x16 8x32] [--repeats 3]
         ->  benchmarks/results/swap_cost.{json,md}
 """
 
@@ -51,10 +51,15 @@ def rss() -> tuple[int, int]:
     return proc_status_bytes("RssAnon"), proc_status_bytes("RssFile")
 
 
-def feeds(m: Any, tokens: int) -> dict[str, np.ndarray]:
+def feeds(m: Any, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {"hidden_states": rng.standard_normal((1, tokens, int(m.data["hidden_size"]))).astype(np.float32),
-            "attention_mask": np.ones((1, tokens), np.int64)}
+    return {"hidden_states": rng.standard_normal((*shape, int(m.data["hidden_size"]))).astype(np.float32),
+            "attention_mask": np.ones(shape, np.int64)}
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    b, s = text.lower().split("x")
+    return int(b), int(s)
 
 
 def drop_cache(path: Path) -> None:
@@ -153,10 +158,11 @@ def _with_initializers(m: Any, structure: str) -> bytes:
     return model.SerializeToString()
 
 
-def measure(m: Any, variant: str, tokens: int, repeats: int) -> list[dict[str, Any]]:
+def measure(m: Any, variant: str, shape: tuple[int, int], repeats: int) -> list[dict[str, Any]]:
     from nanotrt.engines.onnxruntime import OrtBackend
 
-    f = feeds(m, tokens)
+    f = feeds(m, shape)
+    tokens = f"{shape[0]}x{shape[1]}"
     layers = list(dict.fromkeys(m.schedule(variant).layers))
     swap_layers = list(dict.fromkeys(m.schedule(variant + "-swap").layers))
     mb = np.mean([m.graphs[n]["bytes"] for n in swap_layers]) / 1e6
@@ -199,7 +205,7 @@ def measure(m: Any, variant: str, tokens: int, repeats: int) -> list[dict[str, A
         rows.append({"variant": variant, "tokens": tokens, "method": label, "layer_mb": mb, **{f"{k}_ms": v for k, v in med.items()},
                      "resident_run_ms": resident_ms, "swap_ms": swap_ms, "swap_ms_per_mb": swap_ms / mb,
                      "anon_mb_per_layer": anon / 1e6, "file_mb_per_layer": file / 1e6})
-        print(f"{variant:18s} {tokens:4d} tok {label[:60]:60s} load {med['load']:6.2f} first {med['first']:6.2f} "
+        print(f"{variant:18s} {tokens:6s} {label[:60]:60s} load {med['load']:6.2f} first {med['first']:6.2f} "
               f"run {med['run']:6.2f} (resident {resident_ms:6.2f}) swap {swap_ms:6.2f} ms  anon {anon / 1e6:6.1f} "
               f"file {file / 1e6:6.1f} MB/layer", flush=True)
     return rows
@@ -239,7 +245,7 @@ def ensure_swap(art: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--artifact", type=Path, nargs="*", default=None)
-    ap.add_argument("--tokens", type=int, nargs="*", default=[128, 16])
+    ap.add_argument("--shapes", nargs="*", default=["1x128", "1x16", "8x32"], help="BATCHxTOKENS fed to each layer")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = ap.parse_args()
@@ -248,7 +254,9 @@ def main() -> None:
     from nanotrt.runtime.artifact import Manifest
     from nanotrt.runtime.fsutil import write_json
 
-    arts = {str(p): p for p in a.artifact} if a.artifact else {k: v for k, v in ARTIFACTS.items() if v.is_dir()}
+    names = {v.resolve(): k for k, v in ARTIFACTS.items()}
+    arts = ({names.get(p.resolve(), str(p)): p for p in a.artifact} if a.artifact
+            else {k: v for k, v in ARTIFACTS.items() if v.is_dir()})
     load0 = os.getloadavg()
     results: dict[str, Any] = {"rows": {}, "machine": machine_info(), "loadavg_start": load0,
                                "command": "python benchmarks/swap_cost.py " + " ".join(sys.argv[1:])}
@@ -258,8 +266,8 @@ def main() -> None:
         rows = []
         for variant in SOURCES:
             if variant in m.variants and variant + "-swap" in m.variants:
-                for tokens in a.tokens:
-                    rows += measure(m, variant, tokens, a.repeats)
+                for shape in a.shapes:
+                    rows += measure(m, variant, parse_shape(shape), a.repeats)
         results["rows"][label] = rows
     results["loadavg_end"] = os.getloadavg()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -277,7 +285,7 @@ def markdown(res: dict[str, Any]) -> str:
              "resident run (built graph, prepacked, all loaded); per MB of the layer's weights. Memory: RssAnon / "
              "RssFile added per layer while every layer is held.", ""]
     for label, rows in res["rows"].items():
-        lines += [f"## {label}", "", "| variant | tokens | method | layer MB | load ms | first run ms | steady run ms | "
+        lines += [f"## {label}", "", "| variant | batch x tokens | method | layer MB | load ms | first run ms | steady run ms | "
                   "resident run ms | release ms | swap ms | swap ms / MB | anon MB / layer | file MB / layer |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
