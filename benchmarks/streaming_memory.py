@@ -180,8 +180,9 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=20)
     ap.add_argument("--many", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--cola", type=Path, default=Path.home() / ".cache" / "nanotrt" / "minilm-cola" / "artifact",
-                    help="the demo artifact for the CoLA section (skipped when it does not exist)")
+    ap.add_argument("--cola", type=Path, default=None,
+                    help="artifact for the CoLA section (default: a copy of the `nanotrt bench --task cola` demo, "
+                         "swap_cost.demo_copy; skipped when there is none)")
     ap.add_argument("--cola-examples", type=int, default=1043)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "nanotrt" / "bert-base-random")
@@ -214,7 +215,10 @@ def main() -> None:
               f"{r['throughput']:6.1f} ex/s loads {r['loads']} blocks {r['blocks']}", flush=True)
     compare(block_rows, lambda r: r["variant"] == "ort-fp32" and r["budget"] == "all")
     cola_rows = []
-    if a.cola.is_dir():
+    from swap_cost import demo_copy
+
+    a.cola = a.cola or demo_copy()
+    if a.cola is not None and a.cola.is_dir():
         from nanotrt.pipeline.build import build
 
         info = json.loads((a.cola / "manifest.json").read_text())["variants"]
