@@ -14,8 +14,9 @@ Q/DQ, INT8 dynamic), its distinct layer graphs are swapped in turn, one at a tim
                    the weight pages (MADV_DONTNEED), load maps them again (MADV_POPULATE_READ, else touching).
 
 Per swap: load ms (until runnable), first run ms (pages fault here when not populated), steady run ms (pages
-resident), and the swap's cost = load + first run - the resident run (built graph, prepacked, everything
-loaded: the all-resident baseline); per MB of the layer's weights. Memory: RssAnon / RssFile added per
+resident), release ms, and the swap's cost = load + first run + release - the resident run (built graph,
+prepacked, everything loaded: the all-resident baseline, run on the same layer right after each swap so both
+see the same machine load); per MB of the layer's weights. Memory: RssAnon / RssFile added per
 layer held (all layers loaded at once).
 
     flock /tmp/nanotrt-cpu.lock python benchmarks/swap_cost.py [--artifact ART ...] [--shapes 1x128 1x16 8x32] [--repeats 3]
@@ -160,6 +161,8 @@ def _with_initializers(m: Any, structure: str) -> bytes:
 
 
 def measure(m: Any, variant: str, shape: tuple[int, int], repeats: int) -> list[dict[str, Any]]:
+    """Every method over the variant's distinct layers; after each swap the same layer's resident engine runs
+    once, so each method's swap is paired with a resident run taken under the same machine load."""
     from nanotrt.engines.onnxruntime import OrtBackend
 
     f = feeds(m, shape)
@@ -167,22 +170,13 @@ def measure(m: Any, variant: str, shape: tuple[int, int], repeats: int) -> list[
     layers = list(dict.fromkeys(m.schedule(variant).layers))
     swap_layers = list(dict.fromkeys(m.schedule(variant + "-swap").layers))
     mb = np.mean([m.graphs[n]["bytes"] for n in swap_layers]) / 1e6
-    # the all-resident baseline: built graphs, prepacked, all loaded
-    res = OrtBackend(prepack=True)
-    engines = [res.load(m, n) for n in layers]
-    for e in engines:
+    res = OrtBackend(prepack=True)  # the all-resident baseline: built graphs, prepacked, all loaded
+    resident = {n: res.load(m, n) for n in layers}
+    for e in resident.values():
         res.run(e, f)
-    resident = []
-    for _ in range(repeats):
-        for e in engines:
-            t = time.perf_counter()
-            res.run(e, f)
-            resident.append(time.perf_counter() - t)
-    del engines
-    resident_ms = 1000 * float(np.median(resident))
     rows = []
     for label, meth in methods(m, variant).items():
-        rec: dict[str, list[float]] = {"load": [], "first": [], "run": [], "release": []}
+        rec: dict[str, list[float]] = {"load": [], "first": [], "run": [], "release": [], "resident": []}
         for r in range(repeats + 1):  # the first round warms the page cache and the structure sessions
             for n in layers:
                 if meth.before_load:
@@ -197,17 +191,20 @@ def measure(m: Any, variant: str, shape: tuple[int, int], repeats: int) -> list[
                 meth.release(n, h)
                 del h
                 t4 = time.perf_counter()
+                res.run(resident[n], f)
+                t5 = time.perf_counter()
                 if r:
-                    for k, v in zip(rec, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                    for k, v in zip(rec, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                         rec[k].append(1000 * v)
         anon, file = _held(meth, layers, f)
         med = {k: float(np.median(v)) for k, v in rec.items()}
-        swap_ms = med["load"] + med["first"] + med["release"] - resident_ms
-        rows.append({"variant": variant, "tokens": tokens, "method": label, "layer_mb": mb, **{f"{k}_ms": v for k, v in med.items()},
-                     "resident_run_ms": resident_ms, "swap_ms": swap_ms, "swap_ms_per_mb": swap_ms / mb,
+        swap_ms = med["load"] + med["first"] + med["release"] - med["resident"]
+        rows.append({"variant": variant, "tokens": tokens, "method": label, "layer_mb": mb,
+                     **{f"{k}_ms": v for k, v in med.items() if k != "resident"},
+                     "resident_run_ms": med["resident"], "swap_ms": swap_ms, "swap_ms_per_mb": swap_ms / mb,
                      "anon_mb_per_layer": anon / 1e6, "file_mb_per_layer": file / 1e6})
         print(f"{variant:18s} {tokens:6s} {label[:60]:60s} load {med['load']:6.2f} first {med['first']:6.2f} "
-              f"run {med['run']:6.2f} (resident {resident_ms:6.2f}) swap {swap_ms:6.2f} ms  anon {anon / 1e6:6.1f} "
+              f"run {med['run']:6.2f} (resident {med['resident']:6.2f}) swap {swap_ms:6.2f} ms  anon {anon / 1e6:6.1f} "
               f"file {file / 1e6:6.1f} MB/layer", flush=True)
     return rows
 
