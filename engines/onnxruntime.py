@@ -223,10 +223,16 @@ class OrtBackend(Backend):
         engine.drop()
 
     # --- swap variants (issue 21): shared structure sessions, weights mapped per graph ----------------
-    def load_swap(self, manifest: Manifest, name: str) -> SwapEngine:
+    def load_swap(self, manifest: Manifest, name: str) -> OrtEngine:
         """Map the graph's weight file (sha256-checked on first use and whenever the file changed, like every
         graph) and bind views of it to its structure's session: no graph to parse, no weights copied."""
         entry = manifest.graphs[name]
+        if self.prepack and entry.get("source") in manifest.graphs:
+            # Nothing is swapped (configure): the built graph it was made from, with ORT's prepacked weights,
+            # runs faster than weights fed as inputs (benchmarks/results/swap_cost.md, steady run vs resident).
+            engine = self.load_session(manifest, str(entry["source"]))
+            engine.name, engine.nbytes = name, int(entry["bytes"])
+            return engine
         sess, layout = self.structure(manifest, str(entry["structure"]))
         path = manifest.verify(name) if self.verify else manifest.path(name)
         mm, weights = map_weights(path, layout, self.populate)

@@ -112,6 +112,10 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
                            int8_tolerance=int8_tolerance)
         if spec.source:  # rebuilt whenever the variant it is made from was
             options = {"builder": BUILDER_VERSION, "from": m.data["variants"][spec.source].get("dir")}
+            if spec.kind == "swap":  # the swap format has its own version (pipeline/swap_build.py)
+                from nanotrt.pipeline.swap_build import SWAP_VERSION
+
+                options["swap"] = SWAP_VERSION
         if _up_to_date(m, variant, options):
             console.print(f"{variant}: up to date")
             built.append(variant)

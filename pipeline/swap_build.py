@@ -12,8 +12,9 @@ Layout of the variant's folder and its manifest entries::
 
     structure_00.onnx   <variant>/structure_00: format onnx, role structure, weights [[input, dtype, shape,
                         offset], ...] (the same layout for every graph of the structure), weight_bytes
-    layer_00.npy        <variant>/layer_00: format onnx-swap, structure <variant>/structure_00, plus the
-                        source graph's role, index, I/O signature and precision
+    layer_00.npy        <variant>/layer_00: format onnx-swap, structure <variant>/structure_00, source (the
+                        built graph it was made from: what runs when nothing is swapped), and that graph's role,
+                        index, I/O signature and precision
 
 Offline side (imports onnx); the format is read by the device side with numpy only (no pickle).
 """
@@ -35,6 +36,7 @@ from nanotrt.runtime.progress import progress
 ALIGN = 64  # bytes: each tensor's offset in a weight file (the .npy header also ends on a 64-byte boundary)
 LIFT_MIN = 1024  # bytes: smaller initializers equal in every graph of a structure stay inside it
 SWAP_FORMAT = "onnx-swap"
+SWAP_VERSION = 2  # part of a swap variant's build options: a newer format rebuilds it
 
 
 @dataclass
@@ -166,7 +168,8 @@ def build_swap(m: Manifest, spec: registry.VariantSpec, out: Path
             write_weights(canon[u], lift, out / f"{stem}.npy")
             entry = m.graphs[u]
             fields: dict[str, Any] = {k: entry[k] for k in ("role", "index", "inputs", "outputs", "precision") if k in entry}
-            graphs[f"{variant}/{stem}"] = (f"{stem}.npy", {**fields, "format": SWAP_FORMAT, "structure": sname})
+            graphs[f"{variant}/{stem}"] = (f"{stem}.npy", {**fields, "format": SWAP_FORMAT, "structure": sname,
+                                                          "source": u})
             rename[u] = f"{variant}/{stem}"
     sched = Schedule(rename[base.embeddings], [rename[n] for n in base.layers], [rename[n] for n in base.ramps])
     info = m.data["variants"][source]

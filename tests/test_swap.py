@@ -198,7 +198,7 @@ def test_weight_file_wrong_layout_is_one_clear_error(swapped: dict[str, Path], t
     name = m.schedule("ort-fp32-swap").layers[0]
     np.save(m.path(name), np.zeros(10, np.float32))
     with pytest.raises(NanotrtError, match="cannot map weight file .*not the flat array"):
-        OrtBackend(verify=False).load(m, name)
+        OrtBackend(verify=False, prepack=False).load(m, name)
 
 
 def test_swap_is_registered_for_every_ort_source() -> None:
@@ -234,3 +234,18 @@ def test_refit_model_of_a_structure_is_each_of_its_graphs(swapped: dict[str, Pat
             got = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
             want = ort.InferenceSession(str(m.path(ref)), so, providers=["CPUExecutionProvider"]).run(None, feeds)
             np.testing.assert_allclose(got[0], want[0], atol=ATOL, rtol=0)
+
+
+def test_all_resident_runs_the_prepacked_source_graphs(swapped: dict[str, Path]) -> None:
+    """When nothing is swapped, a swap variant runs the built graphs it was made from (ORT prepacks their
+    weights: faster than weights fed as inputs); streamed, it maps its weight files."""
+    art = swapped["bert"]
+    m = Manifest.load(art)
+    with Runner.from_artifact(art, variant="ort-fp32-swap") as r:
+        r.predict(SENTS[:2])
+        engines = [s.engine for s in r.cache.slots.values()]
+        assert engines and not any(isinstance(e, SwapEngine) for e in engines)
+        assert r.backend.sessions_created == 3 + len(set(m.schedule("ort-fp32").names()))  # type: ignore[attr-defined]
+    with Runner.from_artifact(art, variant="ort-fp32-swap", memory_budget=tight(art, "ort-fp32-swap")) as r:
+        r.predict(SENTS[:2])
+        assert all(isinstance(s.engine, SwapEngine) for s in r.cache.slots.values() if s.engine is not None)
