@@ -53,8 +53,9 @@ class SwapEngine(OrtEngine):
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         io = self.binding
-        for k in self.input_names:
-            io.bind_cpu_input(k, np.ascontiguousarray(feeds[k]))
+        held = [np.ascontiguousarray(feeds[k]) for k in self.input_names]  # alive until the run returns
+        for k, a in zip(self.input_names, held, strict=True):
+            io.bind_cpu_input(k, a)
         io.clear_binding_outputs()  # else ORT reuses the last run's output buffers, whose shape may not fit
         for o in self.output_names:
             io.bind_output(o, "cpu")
