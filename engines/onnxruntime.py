@@ -43,9 +43,9 @@ class OrtEngine:
 
 @dataclass
 class SwapEngine(OrtEngine):
-    """A graph of a swap variant (``nanotrt build --swap``): its structure's shared session plus zero-copy
-    views of its mapped weight file, bound once as inputs (an IOBinding per engine: feeding ~20-40 weight arrays
-    through ``run`` costs more than a small layer's compute). Loading maps the file; releasing unmaps it."""
+    """A graph of a swap variant (``nanotrt build --swap``): its structure's shared session plus its mapped
+    weight file, bound once as inputs by address (an IOBinding per engine: feeding 20-50 weight arrays through
+    ``run`` costs more than a small layer's compute). Loading maps the file; releasing unmaps it."""
 
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     mapping: Any = None  # the mmap.mmap the views point into
@@ -138,7 +138,7 @@ class OrtBackend(Backend):
 
     def __init__(self, threads: int | None = None, providers: list[str] | None = None, verify: bool = True,
                  spin: bool = False, prepack: bool | None = None, thread_pool: str | None = None,
-                 populate: bool = True):
+                 populate: bool = False):
         import onnxruntime as ort
 
         thread_pool = thread_pool or os.environ.get("NANOTRT_ORT_THREAD_POOL", "shared")
@@ -153,8 +153,10 @@ class OrtBackend(Backend):
         self.prepack = True if prepack is None else prepack
         self.shared_pool = thread_pool == "shared" and shared_thread_pool(ort, threads)
         self.sessions_created = 0  # counted so tests and benches can see what a streamed run builds
-        # Swap variants: one session per structure, built once and kept (see load_swap); ``populate`` maps a
-        # graph's weight pages when it is loaded (on the prefetch thread) rather than faulting them in its run.
+        # Swap variants: one session per structure, built once and kept (see load_swap). ``populate`` maps a
+        # graph's weight pages when it is loaded (on the prefetch thread) rather than faulting them in its run:
+        # off by default, it was no faster (benchmarks/results/swap_cost.md, (b) rows, and side by side on the
+        # demo); it helps when the page cache is cold, the disk read then happening on the prefetch thread.
         self.populate = populate
         self._structures: dict[str, tuple[Any, Layout]] = {}
         self._structure_lock = threading.Lock()
@@ -236,13 +238,18 @@ class OrtBackend(Backend):
             return engine
         sess, layout = self.structure(manifest, str(entry["structure"]))
         path = manifest.verify(name) if self.verify else manifest.path(name)
-        mm, weights = map_weights(path, layout, self.populate)
+        mm = open_weights(path, layout, self.populate)
+        probe = np.frombuffer(mm, np.uint8, count=1)
+        base = int(probe.__array_interface__["data"][0]) + len(layout.header)
+        del probe  # no view may outlive the engine: drop() unmaps
         io = sess.io_binding()
-        for k, v in weights.items():
-            io.bind_ortvalue_input(k, self._ort.OrtValue.ortvalue_from_numpy(v))
+        # Raw addresses into the mapping: binding 20-50 arrays as OrtValues cost more than the rest of a swap.
+        # The binding is cleared before the mapping is closed (SwapEngine.drop).
+        for k, dt, shape, off in layout.tensors:
+            io.bind_input(k, "cpu", 0, dt.type, list(shape), base + off)
         outs = [o.name for o in sess.get_outputs()]
         acts = [i["name"] for i in entry["inputs"]]
-        return SwapEngine(name, sess, acts, outs, int(entry["bytes"]), weights, mm, io)
+        return SwapEngine(name, sess, acts, outs, int(entry["bytes"]), {}, mm, io)
 
     def structure(self, manifest: Manifest, sname: str) -> tuple[Any, Layout]:
         """The session of a structure graph and its weight layout, made on first use and kept until ``close``."""
@@ -273,11 +280,11 @@ SWAP_FORMAT = "onnx-swap"  # manifest format of a swap variant's graph (pipeline
 _LOADERS = {"onnx": OrtBackend.load_session, SWAP_FORMAT: OrtBackend.load_swap}
 
 
-def map_weights(path: Path, layout: Layout, populate: bool) -> tuple[mmap.mmap, dict[str, np.ndarray]]:
-    """Map a swap weight file read-only and return the mapping and one zero-copy array per tensor of ``layout``.
-    The file must be the flat uint8 .npy the layout describes (its header is compared byte for byte: no
-    pickle, nothing read out of range). ``populate`` (Linux): the kernel maps every page now (MAP_POPULATE;
-    from the page cache, else read from disk), so the graph's run takes no page faults."""
+def open_weights(path: Path, layout: Layout, populate: bool) -> mmap.mmap:
+    """Map a swap weight file read-only. It must be the flat uint8 .npy the layout describes (its header is
+    compared byte for byte: no pickle, nothing read out of range). ``populate`` (Linux): the kernel maps every
+    page now (MAP_POPULATE), so the graph's run takes no page faults; otherwise the run faults them in from the
+    page cache (minor faults, several pages each), or from disk when the file is not cached."""
     try:
         with open(path, "rb") as f:
             head = f.read(len(layout.header))
@@ -285,14 +292,17 @@ def map_weights(path: Path, layout: Layout, populate: bool) -> tuple[mmap.mmap, 
             if head != layout.header or size != len(head) + layout.nbytes:
                 raise ValueError(f"not the flat array of {layout.nbytes} bytes its structure describes")
             if populate and hasattr(mmap, "MAP_POPULATE"):
-                mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
-            else:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as e:
         raise NanotrtError(f"cannot map weight file {path} ({e}): re-run `nanotrt build --swap`") from None
+
+
+def map_weights(path: Path, layout: Layout, populate: bool) -> tuple[mmap.mmap, dict[str, np.ndarray]]:
+    """The mapping and one zero-copy array per tensor of ``layout`` (see ``open_weights``)."""
+    mm = open_weights(path, layout, populate)
     start = len(layout.header)
-    views = {name: np.ndarray(shape, dt, buffer=mm, offset=start + off) for name, dt, shape, off in layout.tensors}
-    return mm, views
+    return mm, {name: np.ndarray(shape, dt, buffer=mm, offset=start + off) for name, dt, shape, off in layout.tensors}
 
 
 def unmap(mm: mmap.mmap) -> None:
