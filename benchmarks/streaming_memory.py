@@ -153,9 +153,14 @@ def _runners(spec: dict) -> dict[str, Any]:
     from nanotrt.runtime.runner import Runner
 
     opts = {"threads": spec["threads"]} if spec.get("threads") else {}
-    return {f"{c[0]} @ {c[1]}" + (f" ({c[2]})" if len(c) > 2 else ""):
-            Runner.from_artifact(spec["artifact"], memory_budget=c[1], variant=c[0], exit=spec.get("exit"), **opts)
-            for c in spec["configs"]}
+    out = {}
+    for c in spec["configs"]:  # (variant, budget[, mode or Runner options])
+        extra = c[2] if len(c) > 2 and isinstance(c[2], dict) else {}
+        label = f"{c[0]} @ {c[1]}" + (f" ({c[2]})" if len(c) > 2 and not extra else "")
+        label += "".join(f", {k}={v}" for k, v in extra.items())
+        out[label] = Runner.from_artifact(spec["artifact"], memory_budget=c[1], variant=c[0], exit=spec.get("exit"),
+                                          **opts, **extra)
+    return out
 
 
 def _agree(out: dict[str, dict], logits: dict[str, list], layers: dict[str, list], base: str) -> dict[str, dict]:
@@ -224,6 +229,7 @@ SIDE_BY_SIDE = {"side_latency": side_latency, "side_many": side_many}
 # (variant, budget[, mode]); the first of each group is its all-resident baseline
 SIDE_BERT = {
     "FP32": [("ort-fp32", "all"), ("ort-fp32", "2layers"), ("ort-fp32-swap", "2layers"),
+             ("ort-fp32-swap", "2layers", {"prefetch": False}), ("ort-fp32-swap", "2layers", {"populate": True}),
              ("ort-fp32-fused-swap", "2layers"), ("ort-fp32-swap", "all")],
     "FP32 fused (one call per layer)": [("ort-fp32-fused", "all"), ("ort-fp32-fused", "2layers"),
                                         ("ort-fp32-fused-swap", "2layers")],
@@ -233,6 +239,7 @@ SIDE_BERT = {
 SIDE_MANY = [("ort-fp32", "all", "latency"), ("ort-fp32", "2layers", "block"), ("ort-fp32-swap", "2layers", "block"),
              ("ort-fp32-fused-swap", "2layers", "block")]
 SIDE_COLA = [("ort-int8-fused", "all"), ("ort-int8-fused", "2layers"), ("ort-int8-fused-swap", "2layers"),
+             ("ort-int8-fused-swap", "2layers", {"prefetch": False}), ("ort-int8-fused-swap", "2layers", {"populate": True}),
              ("ort-int8-fused-swap", "all")]
 
 COLA = [  # (variant, budget, prefetch): one process each, for the memory columns
@@ -353,8 +360,10 @@ def markdown(report: dict, a: argparse.Namespace) -> str:
              f"--batch {a.batch}`; {mi['cpu']}, {mi['cores']} cores, shared with other jobs ({load}). "
              "`ort-fp32` / `ort-int8` (and `-fused`) are `nanotrt build` variants: a swap builds a session from the "
              "built graph. `*-swap` are `nanotrt build --swap` variants: one session per layer structure, built once; "
-             "a swap maps the layer's weight file (MAP_POPULATE, on the prefetch thread) and binds its arrays as "
-             "inputs. Budgets: `2layers` = two of the variant's largest graphs + one full-length example's "
+             "a swap maps the layer's weight file and binds it by address as the inputs (the run faults the pages in from "
+             "the page cache; `populate=True`: MAP_POPULATE on the prefetch thread). When nothing is swapped a swap "
+             "variant runs its source's prepacked graphs. Streamed INT8 logits differ from all-resident ones because "
+             "ORT's prepacked and unprepacked integer kernels round differently (both streaming paths run unprepacked). Budgets: `2layers` = two of the variant's largest graphs + one full-length example's "
              "activations; a swap variant's graph bytes are its mapped weight file.", "",
              "**Latency and throughput** are measured side by side: every configuration of a table in one process, "
              "examples interleaved round-robin, so that load from other jobs hits all alike; the ratio is to the "
