@@ -87,7 +87,7 @@ def methods(m: Any, variant: str) -> dict[str, Method]:
 
     swap = variant + "-swap"
     plain = OrtBackend(prepack=False)
-    mapped, lazy = OrtBackend(), OrtBackend(populate=False)
+    mapped, lazy = OrtBackend(populate=True), OrtBackend(populate=False)
     swap_name = dict(zip(m.schedule(variant).layers, m.schedule(swap).layers, strict=True))
     ort = plain._ort
 
