@@ -278,12 +278,12 @@ def main() -> None:
         print(json.dumps(child(json.loads(a.child))))
         return
     art = make_model(a.cache)
-    from nanotrt.pipeline.bench import machine_info
     from nanotrt.runtime.fsutil import write_json
+    from nanotrt.runtime.profile import machine
     from swap_cost import demo_copy
 
     report: dict[str, Any] = {"model": "BERT-base shape (12x768, random weights), bert-base-uncased tokenizer",
-                              "machine": machine_info(), "loadavg_start": os.getloadavg(), "side": {}, "rows": [],
+                              "machine": machine(), "loadavg_start": os.getloadavg(), "side": {}, "rows": [],
                               "cola_rows": []}
     for workload, texts in workloads().items():
         for group, configs in SIDE_BERT.items():

@@ -266,16 +266,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = ap.parse_args()
     os.environ.setdefault("NANOTRT_ORT_THREAD_POOL", "session")  # plain sessions (c, d) next to the backend's
-    from nanotrt.pipeline.bench import machine_info
     from nanotrt.runtime.artifact import Manifest
     from nanotrt.runtime.fsutil import write_json
+    from nanotrt.runtime.profile import machine
 
     demo_copy()
     names = {v.resolve(): k for k, v in ARTIFACTS.items()}
     arts = ({names.get(p.resolve(), str(p)): p for p in a.artifact} if a.artifact
             else {k: v for k, v in ARTIFACTS.items() if v.is_dir()})
     load0 = os.getloadavg()
-    results: dict[str, Any] = {"rows": {}, "machine": machine_info(), "loadavg_start": load0,
+    results: dict[str, Any] = {"rows": {}, "machine": machine(), "loadavg_start": load0,
                                "command": "python benchmarks/swap_cost.py " + " ".join(sys.argv[1:])}
     for label, art in arts.items():
         ensure_swap(art)

@@ -47,13 +47,15 @@ def _graph_units(m: Manifest) -> list[str]:
 
 def _optimize_ort(src: Path, dst: Path, m: Manifest, fp16: bool) -> None:
     import onnx
+    from nanotrt.engines.onnxruntime import library_sessions
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.optimizer import optimize_model
 
     cfg = m.data["config"]
     heads = int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 0)
-    opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=int(m.data["hidden_size"]),
-                         opt_level=1, only_onnxruntime=False)
+    with library_sessions():  # its ORT pass builds a session of its own
+        opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=int(m.data["hidden_size"]),
+                             opt_level=1, only_onnxruntime=False)
     model = opt.model
     if fp16:
         # keep_io_types: the runner feeds and reads fp32; casts sit at the graph boundary.
@@ -70,10 +72,10 @@ def _ort_offline_optimize(path: Path) -> None:
     CPU-EP specific, like the variant."""
     import onnx
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
 
-    so = ort.SessionOptions()
+    so = session_options(ort)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.log_severity_level = 3
     tmp = path.with_suffix(".opt.onnx")
     so.optimized_model_filepath = str(tmp)
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -129,7 +131,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
             calib = collect(m, read_split(calib_task or "", "train", data_dir, limit=calib_size), calib_task or "")
         make = functools.partial(_build_variant, m, spec, calib=calib, calib_method=calib_method,
                                  tolerance=int8_tolerance, trt_mod=trt_mod, trt_options=trt_options or {})
-        m, info = install_variant(m, variant, options, lambda out, make=make: make(out=out))
+        m, info = install_variant(m, variant, options, make)
         built.append(variant)
         console.print(f"{variant}: built ({info.get('summary', '')})")
     if int8 and backend == "onnxruntime" and "whole" in m.graphs:

@@ -333,14 +333,15 @@ def probe_feeds(inputs: list[dict[str, Any]], hidden: int, vocab: int, seed: int
     b, s = 2, 9
     mask = np.ones((b, s), np.int64)
     mask[1, -3:] = 0
-    make = {"attention_mask": lambda: mask, "token_type_ids": lambda: np.zeros((b, s), np.int64),
-            "input_ids": lambda: rng.integers(0, vocab, (b, s)).astype(np.int64),
-            "inputs_embeds": lambda: rng.standard_normal((b, s, int(i_shape[-1]))).astype(np.float32) * 0.05,
-            HIDDEN_IN: lambda: rng.standard_normal((b, s, hidden)).astype(np.float32)}
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for i in inputs:
-        i_shape = i.get("shape", [hidden])
-        feeds[i["name"]] = make[i["name"]]()
+        name, width = i["name"], int(i.get("shape", [hidden])[-1]) if i["name"] == "inputs_embeds" else hidden
+        if name in (MASK, "token_type_ids"):
+            feeds[name] = mask if name == MASK else np.zeros((b, s), np.int64)
+        elif name == "input_ids":
+            feeds[name] = rng.integers(0, vocab, (b, s)).astype(np.int64)
+        else:  # inputs_embeds, hidden_states
+            feeds[name] = rng.standard_normal((b, s, width)).astype(np.float32) * (0.05 if name == "inputs_embeds" else 1)
     return feeds
 
 
@@ -378,7 +379,7 @@ def walk_times(runner: Any, texts: list[str], pairs: list[str] | None) -> tuple[
     the walk, not in a loop over one graph: a layer's weights leave the caches while the others run, which a
     tight loop hides (it measured half the time here). Medians: other load on the machine inflates means."""
     encs = [runner.tokenizer([t], [p] if pairs else None) for t, p in zip(texts, pairs or texts, strict=True)]
-    real, names = runner.backend.run, {}
+    real, names = runner.backend.run, dict[int, str]()
     inside: dict[str, list[float]] = {}
     total = [0.0]  # time inside backend.run for the current example
 
@@ -432,7 +433,7 @@ def measure_costs(m: Any, source: str, texts: list[str], pairs: list[str] | None
     from nanotrt.runtime.runner import Runner
 
     sched = m.schedule(source)
-    with Runner(m, get_backend(backend), exit="none", variant=source) as runner:  # all resident
+    with Runner(m, get_backend(backend), exit="none", variant=source, own_backend=True) as runner:  # all resident
         seq = int(np.median([len(runner.tokenizer([t], [p] if pairs else None)["input_ids"][0])
                              for t, p in zip(texts, pairs or texts, strict=True)]))
         run, step = walk_times(runner, texts[:300], pairs[:300] if pairs else None)
