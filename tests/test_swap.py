@@ -216,7 +216,7 @@ def test_refit_model_of_a_structure_is_each_of_its_graphs(swapped: dict[str, Pat
     """The TensorRT refit contract (one plan per structure, refitted per graph by weight name), checked on ONNX
     Runtime: the structure with graph k's weights as initializers computes graph k."""
     import onnxruntime as ort
-    from nanotrt.engines.onnxruntime import Layout, map_weights
+    from nanotrt.engines.onnxruntime import Layout, map_weights, session_options
     from nanotrt.pipeline.swap_build import refit_model
 
     art = swapped["distilbert"]
@@ -224,7 +224,7 @@ def test_refit_model_of_a_structure_is_each_of_its_graphs(swapped: dict[str, Pat
     rng = np.random.default_rng(0)
     feeds = {"hidden_states": rng.standard_normal((2, 5, int(m.data["hidden_size"]))).astype(np.float32),
              "attention_mask": np.array([[1] * 5, [1] * 3 + [0] * 2], np.int64)}
-    so = ort.SessionOptions()
+    so = session_options(ort)  # also when an earlier test made ORT's process-wide thread pool
     so.log_severity_level = 3
     for source in ("ort-fp32", "ort-int8"):
         for swap, ref in zip(m.schedule(source + "-swap").layers, m.schedule(source).layers, strict=True):
