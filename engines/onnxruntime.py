@@ -204,9 +204,9 @@ class OrtBackend(Backend):
         self.shared_pool = thread_pool == "shared" and shared_thread_pool(ort, threads)
         self.sessions_created = 0  # counted so tests and benches can see what a streamed run builds
         # Swap variants: one session per structure, built once and kept (see load_swap). ``populate`` maps a
-        # graph's weight pages when it is loaded (on the prefetch thread) rather than faulting them in its run:
-        # off by default, it was no faster (benchmarks/results/swap_cost.md, (b) rows, and side by side on the
-        # demo); it helps when the page cache is cold, the disk read then happening on the prefetch thread.
+        # graph's weight pages when it is loaded, on the prefetch thread, rather than faulting them in its run:
+        # off by default, it was slower on 2 shared cores (streaming_memory.md, populate=True rows); it is for a
+        # cold page cache and spare cores, the disk read then happening while the current layer runs.
         self.populate = populate
         self._structures: dict[str, tuple[Any, Layout]] = {}
         self._structure_lock = threading.Lock()
@@ -311,6 +311,13 @@ class OrtBackend(Backend):
                 path = manifest.verify(sname) if self.verify else manifest.path(sname)
                 got = self._structures[key] = (self._session(path, entry), Layout.of(entry))
         return got
+
+    def prefetch_pays(self, manifest: Manifest, name: str) -> bool:
+        """A swap graph maps in a fraction of a millisecond and its run faults the pages in: a background load
+        costs more than it hides (thread hand-off, loads past an early exit; streaming_memory.md, prefetch=False
+        rows). With ``populate`` the prefetch thread maps every page, which pays where the page cache is cold."""
+        entry = manifest.graphs[name]
+        return self.populate or self.prepack or entry.get("format") != SWAP_FORMAT
 
     def reserve(self, manifest: Manifest, names: list[str]) -> int:
         """Build the structure sessions of swap graphs now; their graphs' bytes are the budget's fixed part
