@@ -87,7 +87,8 @@ def methods(m: Any, variant: str) -> dict[str, Method]:
 
     swap = variant + "-swap"
     plain = OrtBackend(prepack=False)
-    mapped, lazy = OrtBackend(populate=True), OrtBackend(populate=False)
+    # prepack=False: what the runner configures when it streams (otherwise a swap graph runs its source)
+    mapped, lazy = OrtBackend(prepack=False, populate=True), OrtBackend(prepack=False, populate=False)
     swap_name = dict(zip(m.schedule(variant).layers, m.schedule(swap).layers, strict=True))
     ort = plain._ort
 
