@@ -385,7 +385,8 @@ def markdown(report: dict, a: argparse.Namespace) -> str:
                   f"| variant | budget | prefetch | {MEM_HEAD} | engines peak | activations peak | latency ms | loads | "
                   "ms / load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sel:
-            base = next(b for b in sel if b["budget"] == "all" and b["variant"] == source(r["variant"]))
+            alls = {b["variant"]: b for b in sel if b["budget"] == "all"}
+            base = alls.get(source(r["variant"])) or alls[source(r["variant"]).replace("-fused", "")]
             lines.append(f"| {r['variant']} | {r['budget']} | {r['prefetch']} | {mem_cells(r, base)} | "
                          f"{r['peak_engine_bytes'] / 1e6:.1f} MB | {r['peak_activation_bytes'] / 1e6:.1f} MB | "
                          f"{r['mean_ms']:.2f} | {r['loads']} | {1000 * r['load_s'] / max(r['loads'], 1):.2f} |")
