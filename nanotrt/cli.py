@@ -112,6 +112,7 @@ def build(
     version_compatible: Annotated[bool, typer.Option(help="TensorRT version-compatible plans (run on newer TensorRT of the same major)")] = False,
     exclude_lean_runtime: Annotated[bool, typer.Option(help="with --version-compatible: leave the lean runtime out of the plans (build and device then need $NANOTRT_TRT_LEAN_RUNTIME = path of libnvinfer_lean.so)")] = False,
     fused: Annotated[bool, typer.Option("--fused", help="also ort-*-fused: layer i and its ramp as one graph")] = False,
+    swap: Annotated[bool, typer.Option("--swap", help="also ort-*-swap: one session per layer structure, weights mapped per swap")] = False,
 ) -> None:
     """Add optimized / FP16 / INT8 engines for a backend to an artifact (atomic, idempotent)."""
     require("export", "`nanotrt build`")  # onnx for graph surgery and quantization
@@ -126,7 +127,7 @@ def build(
                                    version_compatible, exclude_lean_runtime).to_json()
     run_build(artifact, backend=backend, fp16=fp16, int8=int8, calib_task=calib_task, calib_size=calib_size,
               calib_method=calib_method, data_dir=data_dir, int8_tolerance=int8_tolerance, dynamic=dynamic,
-              trt_options=trt_options, fused=fused)
+              trt_options=trt_options, fused=fused, swap=swap)
 
 
 @app.command()

@@ -90,14 +90,14 @@ def _ort_offline_optimize(path: Path) -> None:
 def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False, int8: bool = False,
           calib_task: str | None = None, calib_size: int = 512, calib_method: str = "minmax",
           data_dir: str | Path | None = None, int8_tolerance: float = INT8_TOLERANCE, dynamic: bool = False,
-          trt_options: dict[str, Any] | None = None, fused: bool = False) -> list[str]:
+          trt_options: dict[str, Any] | None = None, fused: bool = False, swap: bool = False) -> list[str]:
     """Build the requested variants into ``artifact``; returns the variant names now present. One build per
     artifact at a time (a second one waits for the first, then finds its variants up to date)."""
     Manifest.load(artifact)  # a missing or broken artifact fails before the lock file is made
     with writer_lock(Path(artifact)):
         _sweep(Manifest.load(artifact))
         return _build_locked(artifact, backend, fp16, int8, calib_task, calib_size, calib_method, data_dir,
-                             int8_tolerance, dynamic, trt_options, fused)
+                             int8_tolerance, dynamic, trt_options, fused, swap)
 
 
 def _sweep(m: Manifest) -> None:
@@ -113,7 +113,7 @@ def _sweep(m: Manifest) -> None:
 
 def _build_locked(artifact: str | Path, backend: str, fp16: bool, int8: bool, calib_task: str | None,
                   calib_size: int, calib_method: str, data_dir: str | Path | None, int8_tolerance: float,
-                  dynamic: bool, trt_options: dict[str, Any] | None, fused: bool) -> list[str]:
+                  dynamic: bool, trt_options: dict[str, Any] | None, fused: bool, swap: bool) -> list[str]:
     m = Manifest.load(artifact)
     registry.build_targets(backend, False, False, False, False)  # an unknown backend fails before any work
     if int8 and not calib_task:
@@ -127,7 +127,7 @@ def _build_locked(artifact: str | Path, backend: str, fp16: bool, int8: bool, ca
     trt_mod: Any = None
     if backend == "tensorrt":
         trt_mod, trt_options = _trt_setup(m, trt_options)
-    targets = registry.build_targets(backend, fp16, int8, dynamic, fused)
+    targets = registry.build_targets(backend, fp16, int8, dynamic, fused, swap)
     calib = None
     built: list[str] = []
     for spec in targets:
@@ -138,6 +138,10 @@ def _build_locked(artifact: str | Path, backend: str, fp16: bool, int8: bool, ca
                            int8_tolerance=int8_tolerance)
         if spec.source:  # rebuilt whenever the variant it is made from was
             options = {"builder": BUILDER_VERSION, "from": m.data["variants"][spec.source].get("dir")}
+            if spec.kind == "swap":  # the swap format has its own version (pipeline/swap_build.py)
+                from nanotrt.pipeline.swap_build import SWAP_VERSION
+
+                options["swap"] = SWAP_VERSION
         if _up_to_date(m, variant, options):
             console.print(f"{variant}: up to date")
             built.append(variant)
@@ -294,6 +298,10 @@ def _build_variant(m: Manifest, spec: registry.VariantSpec, out: Path, calib: An
                    ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
     if spec.kind == "fused":
         return _build_fused(m, spec, out)
+    if spec.kind == "swap":
+        from nanotrt.pipeline.swap_build import build_swap
+
+        return build_swap(m, spec, out)
     variant, tensorrt = spec.name, spec.backend == "tensorrt"
     base = m.schedule("fp32")
     units = _graph_units(m)
