@@ -303,9 +303,12 @@ def _decide(cands: list[Candidate], n: int, layers: int, confidence: float, max_
     bounded = n >= need
     suggest = None
     if point is not None and (best is None or best.avg_exit > point.avg_exit + 1e-9):
-        # the bound's width shrinks as 1/sqrt(rows): rows at which the point estimate's choice would pass
+        # rows at which the point estimate's choice would pass: a bootstrap width shrinks as 1/sqrt(rows),
+        # the resolution floor as 1/rows
         width, room = point.bound - point.loss, max_loss - point.loss
-        suggest = max(need, math.ceil(n * (width / room) ** 2)) if room > 0 else None
+        floor_only = point.bound <= resolution(n, confidence) + 1e-12
+        suggest = None if room <= 0 else max(rows_for_resolution(room, confidence),
+                                             0 if floor_only else math.ceil(n * (width / room) ** 2))
     elif not bounded:
         suggest = need
     if not bounded:
