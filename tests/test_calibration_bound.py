@@ -142,3 +142,15 @@ def test_vectorised_resampled_metrics_match_glue(name: str) -> None:
     idx = rng.integers(0, 200, size=(7, 200))
     got = _resampled(name, y[idx], p[idx])
     assert got == pytest.approx([METRICS[name](y[i], p[i]) for i in idx])
+
+
+def test_bench_report_states_the_bound_and_its_rows() -> None:
+    from nanotrt.pipeline.benchreport import calibration_line
+
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 1000)
+    sel = select(SST2, y, ramps(y, [np.zeros(1000, dtype=bool)]), None, ["depth=1"], "classification", 0.5)
+    report = {"exit_source": "calibrated default_exit", "exit_calibration": sel.record()}
+    line = calibration_line(report)
+    assert line.startswith("Calibrated on 1000 held-out rows: loss 0.00 points, upper bound 0.23 at confidence 0.9")
+    assert calibration_line({**report, "exit_source": "--exit"}) == ""
