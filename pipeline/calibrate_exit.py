@@ -269,6 +269,8 @@ def select(task: Task, labels: np.ndarray | None, ramp_logits: np.ndarray, exit_
         raise NanotrtError(f"--confidence {confidence}: use a probability in [0.5, 1), e.g. 0.9")
     if max_loss < 0:
         raise NanotrtError(f"--max-loss {max_loss}: use a loss >= 0 points (e.g. 0.5)")
+    if n == 0:
+        raise NanotrtError("no held-out rows to calibrate on: train with --holdout N (e.g. 1000) or give --texts")
     keep = sorted({*(live or range(layers)), layers - 1})
     if keep[0] < 0 or keep[-1] >= layers:
         raise NanotrtError(f"live ramps {live} are outside 0..{layers - 1}")
