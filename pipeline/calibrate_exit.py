@@ -5,8 +5,11 @@
 2. Each candidate setting of each policy (patience, entropy, max-prob, learned, PCEE-style patience over
    confident ramps, fixed depth) is replayed offline on those outputs with the same ExitPolicy code the
    runner uses (``simulate``).
-3. The most aggressive setting (lowest average exit layer) whose metric stays within ``max_loss`` points
-   of full depth becomes the manifest's ``default_exit``; `predict` and `bench` use it unless --exit.
+3. The most aggressive setting (lowest average exit layer) whose loss is within ``max_loss`` points of full
+   depth *with confidence* (``select``: an upper confidence bound, paired bootstrap over rows; or, needing no
+   labels, the exact binomial bound on disagreement with the full-depth prediction) becomes the manifest's
+   ``default_exit``; `predict` and `bench` use it unless --exit. Too few rows to bound anything: full depth,
+   said so, with the --holdout that would do. `nanotrt plan` reuses ``select`` on the ramps it keeps.
 The dev split is never read here, so `nanotrt bench` reports an honest dev metric of the choice.
 """
 
