@@ -162,6 +162,12 @@ class Selection:
     suggest_holdout: int | None  # rows that would likely let the point estimate's choice pass
     candidates: list[Candidate]
 
+    @property
+    def passing(self) -> list[str]:
+        """The settings shown to be within max_loss (none when the rows cannot bound any): `nanotrt plan`'s
+        loss test."""
+        return [c.spec for c in self.candidates if c.passed] if self.bounded else []
+
     def record(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "candidates"}
         return {**out, "candidates": [c.__dict__ for c in self.candidates]}
@@ -252,13 +258,6 @@ def _pass_in_sequence(cands: list[Candidate], families: list[str], max_loss: flo
             failed = failed or not c.passed
 
 
-def _replay(spec: str, task_type: str, logits: np.ndarray, probs: np.ndarray | None,
-            layer_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(exit layer in real layers [N], exit logits [N, C]) of ``spec`` on the live ramps only."""
-    exit_at, out = simulate(parse_exit(spec, task_type, logits.shape[1]), logits, probs)
-    return layer_of[exit_at - 1], out
-
-
 def select(task: Task, labels: np.ndarray | None, ramp_logits: np.ndarray, exit_prob: np.ndarray | None,
            specs: list[str], task_type: str, max_loss: float, confidence: float = 0.9,
            live: list[int] | None = None, agreement: bool = False) -> Selection:
@@ -266,9 +265,9 @@ def select(task: Task, labels: np.ndarray | None, ramp_logits: np.ndarray, exit_
     ``confidence`` is within ``max_loss`` points, else full depth. Pure: reads no files.
 
     ``ramp_logits`` [N, L, C] (and ``exit_prob`` [N, L]) come from a full-depth run. ``live`` (0-based
-    layers, the last always added) restricts which ramps may exit: ``specs`` are then read for that many
-    ramps and replayed on those ramps only, exit layers mapped back to real layers. ``agreement`` (or no
-    ``labels``) bounds disagreement with the full-depth prediction instead of the metric: no labels needed."""
+    layers; the last always stops) restricts which ramps may exit: a plan's exit points, replayed as
+    ``simulate(..., live=)`` does (specs still name real layers). ``agreement`` (or no ``labels``) bounds
+    disagreement with the full-depth prediction instead of the metric: no labels needed."""
     n, layers, _ = ramp_logits.shape
     if not 0.5 <= confidence < 1:
         raise NanotrtError(f"--confidence {confidence}: use a probability in [0.5, 1), e.g. 0.9")
@@ -276,15 +275,11 @@ def select(task: Task, labels: np.ndarray | None, ramp_logits: np.ndarray, exit_
         raise NanotrtError(f"--max-loss {max_loss}: use a loss >= 0 points (e.g. 0.5)")
     if n == 0:
         raise NanotrtError("no held-out rows to calibrate on: train with --holdout N (e.g. 1000) or give --texts")
-    keep = sorted({*(live or range(layers)), layers - 1})
-    if keep[0] < 0 or keep[-1] >= layers:
+    if live is not None and any(not 0 <= i < layers for i in live):
         raise NanotrtError(f"live ramps {live} are outside 0..{layers - 1}")
-    logits = ramp_logits[:, keep]
-    probs = exit_prob[:, keep] if exit_prob is not None else None
-    layer_of = np.asarray(keep) + 1
     agreement = agreement or labels is None
     full = predictions_from_logits(task, ramp_logits[:, -1])
-    runs = [_replay(s, task_type, logits, probs, layer_of) for s in specs]
+    runs = [simulate(parse_exit(s, task_type, layers), ramp_logits, exit_prob, live=live) for s in specs]
     preds = [predictions_from_logits(task, out) for _, out in runs]
     metrics: list[float | None]
     if agreement:
@@ -297,7 +292,7 @@ def select(task: Task, labels: np.ndarray | None, ramp_logits: np.ndarray, exit_
     floor = resolution(n, confidence)  # a bootstrap cannot see mistakes these rows happen not to contain
     cands = [Candidate(s, loss, max(b, floor) if e.mean() < layers else b, float(e.mean()), m)
              for s, (e, _), loss, b, m in zip(specs, runs, losses, bounds, metrics, strict=True)]
-    _pass_in_sequence(cands, [_family(s, task_type, len(keep)) for s in specs], max_loss)
+    _pass_in_sequence(cands, [_family(s, task_type, layers) for s in specs], max_loss)
     return _decide(cands, n, layers, confidence, max_loss, "agreement" if agreement else "metric", full_m)
 
 

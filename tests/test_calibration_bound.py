@@ -71,6 +71,7 @@ def test_tiny_holdout_cannot_bound_and_keeps_full_depth() -> None:
     lg = ramps(y, [np.zeros(40, dtype=bool)] * 2)  # every ramp agrees with full depth on all 40 rows
     sel = select(SST2, y, lg, None, ["depth=1", "depth=2"], "classification", max_loss=0.5)
     assert sel.spec == "none" and not sel.bounded and sel.avg_exit == 3.0 and sel.rows == 40
+    assert sel.passing == []
     assert sel.note.startswith("cannot bound: 40 held-out rows")
     need = rows_for_resolution(0.5, 0.9)
     assert sel.suggest_holdout == need and resolution(need, 0.9) <= 0.5 < resolution(need - 1, 0.9)
@@ -108,11 +109,12 @@ def test_live_ramps_replay_only_those_and_report_real_layers() -> None:
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 1000)
     lg = ramps(y, [np.ones(1000, dtype=bool), np.zeros(1000, dtype=bool), np.zeros(1000, dtype=bool)])
-    sel = select(SST2, y, lg, None, ["depth=1", "depth=2"], "classification", max_loss=0.5, live=[1])
-    assert [c.avg_exit for c in sel.candidates] == [2.0, 4.0]  # live ramps are layers 2 and 4
-    assert sel.spec == "depth=1" and sel.avg_exit == 2.0
-    everything = select(SST2, y, lg, None, ["depth=1", "depth=2"], "classification", max_loss=0.5)
-    assert everything.spec == "depth=2"  # ramp 1 is always wrong
+    specs = ["depth=1", "depth=3"]
+    sel = select(SST2, y, lg, None, specs, "classification", max_loss=0.5, live=[1])
+    assert [c.avg_exit for c in sel.candidates] == [2.0, 4.0]  # only ramp 2 (and the last layer) can stop
+    assert sel.spec == "depth=1" and sel.avg_exit == 2.0 and sel.passing == ["depth=1", "depth=3"]
+    everything = select(SST2, y, lg, None, specs, "classification", max_loss=0.5)
+    assert everything.spec == "depth=3" and everything.passing == ["depth=3"]  # ramp 1 is always wrong
     with pytest.raises(NanotrtError, match="live ramps"):
         select(SST2, y, lg, None, ["depth=1"], "classification", max_loss=0.5, live=[7])
 
