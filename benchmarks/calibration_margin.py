@@ -80,7 +80,7 @@ def outputs(task: str, ckpt: Path, args: argparse.Namespace) -> dict[str, np.nda
     return {"held_logits": h, "held_labels": held.labels, "dev_logits": d, "dev_labels": dev.labels}
 
 
-def judge(task: str, out: dict[str, np.ndarray], args: argparse.Namespace) -> dict[str, Any]:
+def judge(task: str, out: dict[str, np.ndarray], args: argparse.Namespace, agreement: bool = True) -> dict[str, Any]:
     """Today's rule and the bound's on the held-out rows; each choice's loss and average exit on dev."""
     from nanotrt.pipeline.calibrate_exit import candidates, choose, evaluate, select, simulate
     from nanotrt.pipeline.glue import compute_metrics, get_task, predictions_from_logits
@@ -105,14 +105,14 @@ def judge(task: str, out: dict[str, np.ndarray], args: argparse.Namespace) -> di
     point = choose(evaluate(t, hy, hl, None, specs, tt), full_h, args.max_loss)
     p_spec = point.spec if point else "none"
     sel = select(t, hy, hl, None, specs, tt, args.max_loss, args.confidence)
-    agr = select(t, None, hl, None, specs, tt, args.max_loss, args.confidence, agreement=True)
+    agr = select(t, None, hl, None, specs, tt, args.max_loss, args.confidence, agreement=True) if agreement else None
     return {"rows": len(hy), "full_held": full_h, "full_dev": metric(dy, dl[:, -1]),
             "point": {"spec": p_spec, "held_loss": 100 * (full_h - point.metric) if point else 0.0,
                       "held_avg_exit": point.avg_exit if point else float(layers), **on_dev(p_spec)},
             "bound": {"spec": sel.spec, "held_loss": sel.loss, "held_bound": sel.bound, "held_avg_exit": sel.avg_exit,
                       "note": sel.note, "suggest_holdout": sel.suggest_holdout, **on_dev(sel.spec)},
-            "agreement": {"spec": agr.spec, "held_disagree": agr.loss, "held_bound": agr.bound,
-                          "held_avg_exit": agr.avg_exit, **on_dev(agr.spec)}}
+            **({"agreement": {"spec": agr.spec, "held_disagree": agr.loss, "held_bound": agr.bound,
+                              "held_avg_exit": agr.avg_exit, **on_dev(agr.spec)}} if agr else {})}
 
 
 def resplit(task: str, out: dict[str, np.ndarray], args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def resplit(task: str, out: dict[str, np.ndarray], args: argparse.Namespace, see
         perm = rng.permutation(len(y))
         part = {"held_logits": lg[perm[:n]], "held_labels": y[perm[:n]], "dev_logits": lg[perm[n:]],
                 "dev_labels": y[perm[n:]]}
-        r = judge(task, part, args)
+        r = judge(task, part, args, agreement=False)
         for k in over:
             over[k] += r[k]["dev_loss"] > args.max_loss + 1e-9
             exits[k].append(r[k]["dev_avg_exit"])
