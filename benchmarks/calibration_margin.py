@@ -178,8 +178,6 @@ def summarize(runs: list[dict[str, Any]], max_loss: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    from nanotrt.runtime.fsutil import write_json
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="cola,sst2,stsb")
     ap.add_argument("--seeds", default="1,2,3")
@@ -193,31 +191,40 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "calibration_margin")
     args = ap.parse_args()
     load_before = [round(x, 2) for x in os.getloadavg()]
-    runs, resplits, train_s = [], [], 0.0
-    for task in args.tasks.split(","):
-        for seed in map(int, args.seeds.split(",")):
+    runs: list[dict[str, Any]] = []
+    resplits: list[dict[str, Any]] = []
+    train_s = 0.0
+    for seed in map(int, args.seeds.split(",")):  # seed-major: a run cut short still covers every task
+        for task in args.tasks.split(","):
             ckpt, cache = args.work / f"{task}-s{seed}", args.work / f"{task}-s{seed}.npz"
             if not (ckpt / "ramp_metrics.json").is_file():
                 train(task, seed, ckpt, args)
             train_s += json.loads((ckpt / "ramp_metrics.json").read_text())["train_seconds"]
             if not cache.is_file():
-                out = outputs(task, ckpt, args)
-                np.savez(cache, **out)
+                np.savez(cache, **outputs(task, ckpt, args))
             out = dict(np.load(cache))
             runs.append({"task": task, "seed": seed, **judge(task, out, args)})
             print(json.dumps({k: runs[-1][k] for k in ("task", "seed", "point", "bound")}), flush=True)
             if args.splits:
                 with cpu_lock():
                     resplits.append({"task": task, "seed": seed, **resplit(task, out, args, seed)})
+            write(args, load_before, train_s, runs, resplits)  # after every run: partial results survive
+    print(to_markdown(write(args, load_before, train_s, runs, resplits)))
+
+
+def write(args: argparse.Namespace, load_before: list[float], train_s: float, runs: list[dict[str, Any]],
+          resplits: list[dict[str, Any]]) -> dict[str, Any]:
+    from nanotrt.runtime.fsutil import atomic_file, write_json
+
     doc = {"command": "python benchmarks/calibration_margin.py " + " ".join(sys.argv[1:]), "args": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "date": time.strftime("%Y-%m-%d %H:%M"),
         "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()], "train_seconds": train_s,
         "runs": runs, "summary": summarize(runs, args.max_loss), "resplits": resplits}
     res = ROOT / "benchmarks" / "results"
     write_json(res / "calibration_margin.json", doc)
-    (res / "calibration_margin.md").write_text(to_markdown(doc))
-    print(to_markdown(doc))
-
+    with atomic_file(res / "calibration_margin.md") as tmp:
+        tmp.write_text(to_markdown(doc))
+    return doc
 
 if __name__ == "__main__":
     main()
