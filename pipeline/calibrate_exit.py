@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,17 @@ def select(task: Task, labels: np.ndarray | None, ramp_logits: np.ndarray, exit_
              for s, (e, _), loss, b, m in zip(specs, runs, losses, bounds, metrics, strict=True)]
     _pass_in_sequence(cands, [_family(s, task_type, layers) for s in specs], max_loss)
     return _decide(cands, n, layers, confidence, max_loss, "agreement" if agreement else "metric", full_m)
+
+
+def bound_passing(task: Task, labels: np.ndarray | None, ramp_logits: np.ndarray, exit_prob: np.ndarray | None,
+                  task_type: str, max_loss: float, confidence: float = 0.9,
+                  agreement: bool = False) -> Callable[[list[str], list[int] | None], list[str]]:
+    """`nanotrt plan`'s loss test with the bound: (specs, live ramps or None) -> the settings shown to be
+    within ``max_loss`` on those ramps."""
+    def passing(specs: list[str], live: list[int] | None) -> list[str]:
+        return select(task, labels, ramp_logits, exit_prob, specs, task_type, max_loss, confidence, live,
+                      agreement).passing
+    return passing
 
 
 def _decide(cands: list[Candidate], n: int, layers: int, confidence: float, max_loss: float, criterion: str,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from nanotrt.pipeline.calibrate_exit import (
     _resampled,
+    bound_passing,
     resolution,
     rows_for_resolution,
     select,
@@ -115,6 +116,8 @@ def test_live_ramps_replay_only_those_and_report_real_layers() -> None:
     assert sel.spec == "depth=1" and sel.avg_exit == 2.0 and sel.passing == ["depth=1", "depth=3"]
     everything = select(SST2, y, lg, None, specs, "classification", max_loss=0.5)
     assert everything.spec == "depth=3" and everything.passing == ["depth=3"]  # ramp 1 is always wrong
+    plan_test = bound_passing(SST2, y, lg, None, "classification", max_loss=0.5)  # what `nanotrt plan` calls
+    assert plan_test(specs, [1]) == ["depth=1", "depth=3"] and plan_test(specs, None) == ["depth=3"]
     with pytest.raises(NanotrtError, match="live ramps"):
         select(SST2, y, lg, None, ["depth=1"], "classification", max_loss=0.5, live=[7])
 
