@@ -50,8 +50,8 @@ def parse_version(text: str) -> tuple[int, int]:
     parts = (text.split(".") + ["0"])[:2]
     try:
         return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
-    except ValueError:
-        raise NanotrtError(f"cannot read the TensorRT version '{text}'") from None
+    except ValueError as e:
+        raise NanotrtError(f"cannot read the TensorRT version '{text}'") from e
 
 
 def check_version(text: str) -> None:
@@ -82,8 +82,8 @@ def require_runtime() -> Any:
 def require_builder() -> Any:
     try:
         import tensorrt as trt
-    except ImportError:
-        raise NanotrtError(INSTALL_HINT) from None
+    except ImportError as e:
+        raise NanotrtError(INSTALL_HINT) from e
     if not hasattr(trt, "Builder"):
         raise NanotrtError(INSTALL_HINT + " (building plans needs the full `tensorrt` package, not only "
                            "the lean runtime)")
@@ -97,8 +97,8 @@ def _cudart() -> Any:
     except ImportError:
         try:
             from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
-        except ImportError:
-            raise NanotrtError("cuda-python is not installed: pip install 'nanotrt[tensorrt]'") from None
+        except ImportError as e:
+            raise NanotrtError("cuda-python is not installed: pip install 'nanotrt[tensorrt]'") from e
     return cudart
 
 
@@ -120,8 +120,8 @@ Shape = tuple[int, int]  # (batch, seq)
 def parse_shape(text: str) -> Shape:
     try:
         b, s = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise NanotrtError(f"cannot read shape '{text}': use BATCHxSEQ, e.g. 8x128") from None
+    except ValueError as e:
+        raise NanotrtError(f"cannot read shape '{text}': use BATCHxSEQ, e.g. 8x128") from e
     if b < 1 or s < 1:
         raise NanotrtError(f"shape '{text}' must be positive: use BATCHxSEQ, e.g. 8x128")
     return b, s
@@ -215,7 +215,7 @@ def build_plan(onnx_path: Path, plan_path: Path, inputs: list[dict[str, Any]], o
         serialized = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))()
     except PolygraphyException as e:
         raise NanotrtError(f"TensorRT cannot build {onnx_path.name}: {str(e).splitlines()[0][:300]} "
-                           "(the TensorRT log above has the details)") from None
+                           "(the TensorRT log above has the details)") from e
     plan_path.write_bytes(bytes(serialized))
 
 
@@ -493,10 +493,9 @@ def plan_error(plan_path: Path, ref_onnx: Path, batches: list[dict[str, np.ndarr
     """Max over calibration batches of ||plan - ref|| / ||ref|| (first output), the reference being the
     FP32 ONNX graph on ONNX Runtime CPU: the same measure the ORT INT8 path uses for its fallback."""
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    ref = ort.InferenceSession(str(ref_onnx), so, providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(ref_onnx), session_options(ort), providers=["CPUExecutionProvider"])
     names = [i.name for i in ref.get_inputs()]
     worst = 0.0
     step = max(1, len(batches) // limit)  # calibration batches are length-sorted: sample across lengths
