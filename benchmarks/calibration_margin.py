@@ -2,7 +2,7 @@
 confidence-bound choice (``calibrate_exit.select``) on the same held-out train rows, judged on GLUE dev.
 
     python benchmarks/calibration_margin.py [--tasks cola,sst2,stsb] [--seeds 1,2,3] [--limit 3000]
-        [--holdout 1000] [--max-loss 0.5] [--confidence 0.9] [--splits 100] [--work DIR] [--locked]
+        [--holdout 1000] [--max-loss 0.5] [--confidence 0.9] [--splits 100] [--work DIR] [--locked] [--from-npz benchmarks/results/adaptive] [--out NAME]
     -> results/calibration_margin.{json,md}
 
 Per task and seed: `nanotrt train` (demo MiniLM-L6, 1 epoch on ``--limit`` train rows, ``--holdout`` rows
@@ -89,8 +89,9 @@ def judge(task: str, out: dict[str, np.ndarray], args: argparse.Namespace, agree
     t = get_task(task)
     tt = "regression" if t.is_regression else "classification"
     hl, hy, dl, dy = out["held_logits"], out["held_labels"], out["dev_logits"], out["dev_labels"]
+    hp, dp = out.get("held_exit_prob"), out.get("dev_exit_prob")
     layers = hl.shape[1]
-    specs = candidates(tt, layers, False)
+    specs = candidates(tt, layers, hp is not None)
 
     def metric(y: np.ndarray, logits: np.ndarray) -> float:
         return compute_metrics(t, y, predictions_from_logits(t, logits))[t.main_metric]
@@ -98,14 +99,14 @@ def judge(task: str, out: dict[str, np.ndarray], args: argparse.Namespace, agree
     def on_dev(spec: str) -> dict[str, float]:
         if spec == "none":
             return {"dev_loss": 0.0, "dev_avg_exit": float(layers)}
-        lay, lg = simulate(parse_exit(spec, tt, layers), dl)
+        lay, lg = simulate(parse_exit(spec, tt, layers), dl, dp)
         return {"dev_loss": 100 * (metric(dy, dl[:, -1]) - metric(dy, lg)), "dev_avg_exit": float(lay.mean())}
 
     full_h = metric(hy, hl[:, -1])
-    point = choose(evaluate(t, hy, hl, None, specs, tt), full_h, args.max_loss)
+    point = choose(evaluate(t, hy, hl, hp, specs, tt), full_h, args.max_loss)
     p_spec = point.spec if point else "none"
-    sel = select(t, hy, hl, None, specs, tt, args.max_loss, args.confidence)
-    agr = select(t, None, hl, None, specs, tt, args.max_loss, args.confidence, agreement=True) if agreement else None
+    sel = select(t, hy, hl, hp, specs, tt, args.max_loss, args.confidence)
+    agr = select(t, None, hl, hp, specs, tt, args.max_loss, args.confidence, agreement=True) if agreement else None
     return {"rows": len(hy), "full_held": full_h, "full_dev": metric(dy, dl[:, -1]),
             "point": {"spec": p_spec, "held_loss": 100 * (full_h - point.metric) if point else 0.0,
                       "held_avg_exit": point.avg_exit if point else float(layers), **on_dev(p_spec)},
@@ -136,13 +137,32 @@ def resplit(task: str, out: dict[str, np.ndarray], args: argparse.Namespace, see
             **{f"{k}_avg_exit": float(np.mean(exits[k])) for k in exits}}
 
 
+def stored(folder: Path, tasks: list[str]) -> Iterator[tuple[str, str, dict[str, np.ndarray]]]:
+    """The issue-12 trainings' ramp outputs (held-out train rows and dev, per training config and seed;
+    adaptive_tradeoffs.md says how they were made) instead of training here."""
+    from adaptive_tradeoffs import load  # benchmarks/ is this script's folder
+
+    for task in tasks:
+        _, arrays = load(folder.parent, task)
+        for cfg in sorted({k.split("/")[0] for k in arrays if k.endswith("/dev_logits")}):
+            out = {"held_logits": arrays[f"{cfg}/holdout_logits"], "held_labels": arrays["holdout_labels"],
+                   "dev_logits": arrays[f"{cfg}/dev_logits"], "dev_labels": arrays["dev_labels"]}
+            if f"{cfg}/holdout_exit_prob" in arrays:
+                out |= {"held_exit_prob": arrays[f"{cfg}/holdout_exit_prob"],
+                        "dev_exit_prob": arrays[f"{cfg}/dev_exit_prob"]}
+            yield task, cfg, out
+
+
 def to_markdown(doc: dict[str, Any]) -> str:
     a = doc["args"]
+    made = (f"the stored ramp outputs of the issue-12 trainings in `{a['from_npz']}` (demo MiniLM-L6 per training "
+            "config; `seed` names the config, `_s43` a second seed; held-out train rows: CoLA 1000, SST-2 2000, "
+            "STS-B 700; see adaptive_tradeoffs.md)" if a.get("from_npz") else
+            f"demo MiniLM-L6, 1 epoch on {a['limit']} train rows, {a['holdout']} rows held out, max length "
+            f"{a['max_length']}; training took {doc['train_seconds'] / 60:.1f} min in all")
     lines = ["# Calibrated exits: does `--max-loss` hold on dev?", "",
              f"`{doc['command']}` — {doc['date']}, load average {doc['load_before']} before, {doc['load_after']} after "
-             f"(2 shared cores). demo MiniLM-L6, 1 epoch on {a['limit']} train rows, {a['holdout']} rows held out, "
-             f"max length {a['max_length']}; --max-loss {a['max_loss']:g}, --confidence {a['confidence']:g}. "
-             f"Training took {doc['train_seconds'] / 60:.1f} min in all (train_seconds of each checkpoint).", "",
+             f"(2 shared cores). From {made}; --max-loss {a['max_loss']:g}, --confidence {a['confidence']:g}.", "",
              "Losses in points of the task's main metric (x100) vs full depth on the same rows; avg exit in "
              "layers (of 6) on dev. *point*: today's rule (held-out loss <= max-loss); *bound*: the "
              f"{a['confidence']:g} upper confidence bound (paired bootstrap) <= max-loss. *agreement* (no labels): "
@@ -158,7 +178,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
     s = doc["summary"]
     lines += ["", f"Dev loss over --max-loss: point {s['point_over']} of {s['runs']} runs, bound {s['bound_over']}, "
               f"agreement {s['agreement_over']}. Where the point choice held ({s['point_held']} runs), the bound's "
-              f"average exit is {s['exit_gap_mean']:.2f} layers later on average (max {s['exit_gap_max']:.2f}).", ""]
+              f"average exit is {s['exit_gap_mean']:.2f} layers later on average (max {s['exit_gap_max']:.2f}; within 0.3 "
+              f"layers in {s['within_0.3']}), the agreement rule's {s['agreement_gap_mean']:.2f}.", ""]
     if doc.get("resplits"):
         lines += ["Re-drawn held-out/dev partitions of the pooled rows (same held-out size):", "",
                   "| task | seed | splits | point over | bound over | point exit | bound exit |", "|---" * 7 + "|"]
@@ -171,10 +192,13 @@ def to_markdown(doc: dict[str, Any]) -> str:
 def summarize(runs: list[dict[str, Any]], max_loss: float) -> dict[str, Any]:
     held = [r for r in runs if r["point"]["dev_loss"] <= max_loss + 1e-9]
     gaps = [r["bound"]["dev_avg_exit"] - r["point"]["dev_avg_exit"] for r in held]
+    agaps = [r["agreement"]["dev_avg_exit"] - r["point"]["dev_avg_exit"] for r in held]
     return {"runs": len(runs), **{f"{k}_over": sum(r[k]["dev_loss"] > max_loss + 1e-9 for r in runs)
                                   for k in ("point", "bound", "agreement")},
             "point_held": len(held), "exit_gap_mean": float(np.mean(gaps)) if gaps else 0.0,
-            "exit_gap_max": float(np.max(np.abs(gaps))) if gaps else 0.0}
+            "exit_gap_max": float(np.max(np.abs(gaps))) if gaps else 0.0,
+            "within_0.3": sum(abs(g) <= 0.3 for g in gaps),
+            "agreement_gap_mean": float(np.mean(agaps)) if agaps else 0.0}
 
 
 def main() -> None:
@@ -187,6 +211,9 @@ def main() -> None:
     ap.add_argument("--max-loss", type=float, default=0.5)
     ap.add_argument("--confidence", type=float, default=0.9)
     ap.add_argument("--splits", type=int, default=0)
+    ap.add_argument("--from-npz", type=Path, help="judge stored ramp outputs (benchmarks/results/adaptive) "
+                    "instead of training")
+    ap.add_argument("--out", default="calibration_margin", help="results/OUT.{json,md}")
     ap.add_argument("--locked", action="store_true", help="the caller holds the CPU lock for the whole run")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "calibration_margin")
     args = ap.parse_args()
@@ -194,6 +221,11 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     resplits: list[dict[str, Any]] = []
     train_s = 0.0
+    if args.from_npz:
+        for task, cfg, out in stored(args.from_npz, args.tasks.split(",")):
+            runs.append({"task": task, "seed": cfg, **judge(task, out, args)})
+        print(to_markdown(write(args, load_before, train_s, runs, resplits)))
+        return
     for seed in map(int, args.seeds.split(",")):  # seed-major: a run cut short still covers every task
         for task in args.tasks.split(","):
             ckpt, cache = args.work / f"{task}-s{seed}", args.work / f"{task}-s{seed}.npz"
@@ -221,8 +253,8 @@ def write(args: argparse.Namespace, load_before: list[float], train_s: float, ru
         "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()], "train_seconds": train_s,
         "runs": runs, "summary": summarize(runs, args.max_loss), "resplits": resplits}
     res = ROOT / "benchmarks" / "results"
-    write_json(res / "calibration_margin.json", doc)
-    with atomic_file(res / "calibration_margin.md") as tmp:
+    write_json(res / f"{args.out}.json", doc)
+    with atomic_file(res / f"{args.out}.md") as tmp:
         tmp.write_text(to_markdown(doc))
     return doc
 

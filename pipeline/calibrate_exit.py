@@ -227,7 +227,9 @@ def _metric_losses(task: Task, labels: np.ndarray, preds: list[np.ndarray], full
         boot = 100 * (full_b - _resampled(name, y, p[idx])) if np.any(p != full) else np.zeros(1)
         metrics.append(m)
         losses.append(loss)
-        bounds.append(max(loss, float(np.quantile(boot, confidence))))
+        # an exit that beats full depth on these rows is taken as no better than it (a gain on a sample is
+        # noise the choice would exploit): the bound is the bootstrap's margin above max(loss, 0)
+        bounds.append(max(loss, 0.0) + max(float(np.quantile(boot, confidence)) - loss, 0.0))
     return metrics, losses, bounds, full_m
 
 

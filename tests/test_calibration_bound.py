@@ -159,3 +159,13 @@ def test_bench_report_states_the_bound_and_its_rows() -> None:
     line = calibration_line(report)
     assert line.startswith("Calibrated on 1000 held-out rows: loss 0.00 points, upper bound 0.23 at confidence 0.9")
     assert calibration_line({**report, "exit_source": "--exit"}) == ""
+
+
+def test_an_exit_that_beats_full_depth_on_the_rows_still_pays_the_margin() -> None:
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 1000)
+    lg = ramps(y, [np.arange(1000) < 10])  # ramp 1 wrong on rows 0..9
+    lg[20:40, 1] = lg[20:40, 1, ::-1]  # full depth wrong on rows 20..39: depth=1 is 1 point *better* here
+    sel = select(SST2, y, lg, None, ["depth=1"], "classification", max_loss=0.5)
+    c = sel.candidates[0]
+    assert c.loss == pytest.approx(-1.0) and c.bound > 0.5 and sel.spec == "none"  # 30 rows differ: noise
