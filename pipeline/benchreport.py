@@ -44,8 +44,8 @@ def sweep_specs(task_type: str, n_layers: int) -> list[str]:
     return pat + [f"entropy={t}" for t in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)] + depth
 
 
-# The demo artifact has every ONNX Runtime variant `nanotrt build --int8 --dynamic --fused` makes.
-DEMO_VARIANTS = tuple(s.name for s in registry.build_targets("onnxruntime", False, True, True, True))
+# The demo artifact has every ONNX Runtime variant `nanotrt build --int8 --dynamic --fused --swap` makes.
+DEMO_VARIANTS = tuple(s.name for s in registry.build_targets("onnxruntime", False, True, True, True, True))
 
 
 def prepare_default(task: str, data_dir: str | None = None, root: Path | None = None) -> Path:
@@ -79,7 +79,7 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
                                                       **DEFAULT_TRAIN.get(name, {})))
         export_model(ckpt, art, whole=True)
     # Idempotent: builds only what is missing (an artifact cached by an older nanotrt gains the INT8 baseline).
-    build(art, int8=True, dynamic=True, fused=True, calib_task=name, data_dir=data_dir)
+    build(art, int8=True, dynamic=True, fused=True, swap=True, calib_task=name, data_dir=data_dir)
     ensure_plans(art, name, data_dir)
     return art
 
@@ -172,8 +172,10 @@ def bench_rows(exit: str | None, budget: str, batch_size: int, m: Manifest, base
                             budget=budget, variant=dyn, **base))
     if budget == "all":  # the memory side: the same exit under a 2-layer budget (a plan made for it, if any)
         prec = "int8" if int8 else "fp32"
-        rows.append(RowSpec(f"6 nanotrt {prec} {rule} @2layers", "runner", key="stream", exit=rule, budget="2layers",
-                            precision=prec, **other["2layers"]))
+        rows += [RowSpec(f"6 nanotrt {prec} {rule} @2layers, plan for 2 layers", "runner", key="stream", exit=rule,
+                         budget="2layers", precision=prec, **other["2layers"]),
+                 RowSpec(f"6 nanotrt {prec} {rule} @2layers, per layer", "runner", key="stream-per-layer", exit=rule,
+                         budget="2layers", precision=prec, **base)]
     if batch_size > 1:
         b = {"batch_size": batch_size, **base}
         rows += [RowSpec(f"B torch eager, full, batch {batch_size}", "torch-full", key="b-torch-full", **b),
