@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from nanotrt.engines import tensorrt as te
+from nanotrt.pipeline.trt_build import BuildOptions
+from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.runner import Runner
 
@@ -77,7 +79,7 @@ def check_plans(m: Manifest, variant: str, fails: list[str]) -> dict[str, Any]:
     import onnxruntime as ort
 
     info = m.data["variants"][variant]
-    opts = te.BuildOptions.from_json(info["options"])
+    opts = BuildOptions.from_json(info["options"])
     assert opts.max_shape is not None
     fp32 = m.schedule("fp32")
     names = m.schedule(variant).names()
@@ -133,21 +135,21 @@ def check_runner(m: Manifest, variant: str, fails: list[str]) -> dict[str, Any]:
     device memory against the budget."""
     with Runner.from_artifact(m.root) as r:
         ref = r.predict(TEXTS, batch_size=8).ramp_logits
-    prec = variant.split("-")[1]
+    prec = registry.get(variant).precision
     out: dict[str, Any] = {}
     logits = []
     for prefetch in (True, False):
         with Runner.from_artifact(m.root, backend="tensorrt", variant=variant, memory_budget="2layers",
                                   prefetch=prefetch) as r:
             cudart = r.backend.cudart  # type: ignore[attr-defined]
-            free0 = int(te._check(cudart.cudaMemGetInfo())[0]) + r.reserved  # before the reservation
+            free0 = int(te.cuda_check(cudart.cudaMemGetInfo())[0]) + r.reserved  # before the reservation
             low = [free0 - r.reserved]
             run = r.backend.run
 
             def sampled(engine: Any, feeds: dict[str, np.ndarray], run: Any = run, low: list[int] = low,
                         cudart: Any = cudart) -> Any:
                 res = run(engine, feeds)
-                low[0] = min(low[0], int(te._check(cudart.cudaMemGetInfo())[0]))
+                low[0] = min(low[0], int(te.cuda_check(cudart.cudaMemGetInfo())[0]))
                 return res
 
             r.backend.run = sampled  # type: ignore[method-assign]
@@ -201,8 +203,9 @@ def main() -> int:
     args = ap.parse_args()
     m = Manifest.load(args.artifact)
     trt = te.require_runtime()
-    variants = [v for v in m.variants if v.startswith("trt-")]
-    fails: list[str] = [] if variants else ["no trt-* variant in the artifact"]
+    variants = [v for v in m.variants if registry.known(v) and registry.get(v).backend == "tensorrt"
+                and registry.get(v).kind == "built"]  # plans of them run the same engines
+    fails: list[str] = [] if variants else ["no built TensorRT variant in the artifact (nanotrt build --backend tensorrt)"]
     report: dict[str, Any] = {"device": platform.node(), "tensorrt": trt.__version__, "variants": {}}
     try:
         import subprocess

@@ -36,6 +36,10 @@ PLAN_MAGIC = b"FAKEPLAN"
 # onnx-tensorrt 10.1 GA, docs/operators.md: the ops marked supported and their types (TensorRT 10.1 is the
 # oldest TensorRT nanotrt supports; later parsers add ops, never remove these).
 OPS: dict[str, list[str]] = json.loads((Path(__file__).parent / "fixtures" / "onnx_tensorrt_10.1_ops.json").read_text())
+# Where the importer accepts more than the table says: CumSum is a loop of IElementWiseLayer sums with no
+# type check (onnx-tensorrt 10.1 onnxOpImporters.cpp), and RoBERTa's position ids are a CumSum of the INT32
+# mask. Unverified on hardware (README).
+OPS["CumSum"] = sorted({*OPS["CumSum"], "INT32", "INT64"})
 OPSETS = (9, 20)  # the parser's opset range in TensorRT 10.0/10.1
 IO_TYPES = {"FLOAT", "FLOAT16", "INT32", "INT64", "BOOL"}
 _TYPE = {"FLOAT": "FP32", "FLOAT16": "FP16", "BFLOAT16": "BF16", "INT8": "INT8", "INT32": "INT32", "INT64": "INT64",
