@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 from nanotrt.cli import app
 
 FIX = Path(__file__).parent / "fixtures" / "glue"
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRATCH = 1_000_003  # an odd size, to tell the scratch allocation from I/O buffers
 
 
@@ -583,10 +584,7 @@ def test_gpu_check_runs_end_to_end_on_the_fake(fake: Any, art: Path, tmp_path: P
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The GPU check's own logic (shapes within the profile, source ONNX lookup, runner comparison, report),
     so that the first run on a GPU fails only for TensorRT reasons."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    monkeypatch.setattr(sys, "path", sys.path)
-    import gpu_check
-
+    gpu_check = _gpu_check(monkeypatch)
     build(art, backend="tensorrt", fp16=True, trt_options=tb.BuildOptions(max_shape=(8, 16)).to_json())
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", str(art), "--out", str(tmp_path / "out")])
     assert gpu_check.main() == 0
@@ -595,3 +593,45 @@ def test_gpu_check_runs_end_to_end_on_the_fake(fake: Any, art: Path, tmp_path: P
     assert set(next(iter(plans.values()))["rel_error_vs_ort"]) == {"1x1", "1x16", "8x1", "8x16"}  # within 8x16
     assert report["variants"]["trt-fp16"]["runner"]["prefetch_on"]["loads"] > 0
     assert "PASS" in (tmp_path / "out" / "gpu_check.md").read_text()
+
+
+def _gpu_check(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_check
+
+    return gpu_check
+
+
+def test_gpu_check_prerequisites_name_what_is_missing(fake: Any, art: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu_check = _gpu_check(monkeypatch)
+    have, missing = gpu_check.prerequisites(art, "cola", 1024, data_dir=str(FIX))
+    assert missing == [] and "TensorRT 10.3.0" in have[0] and "CUDA 12.6" in have[1]
+    fake.cuda.bindings = 13000  # cuda-python 13 on JetPack 6's CUDA 12.6 driver
+    _, missing = gpu_check.prerequisites(art, "cola", 1024, data_dir=str(art))  # no GLUE there
+    assert [m.split(":")[0] for m in missing] == ["cuda-python vs driver", "calibration data"]
+    fake.cuda.bindings = 12090
+    _, missing = gpu_check.prerequisites(tmp := art / "nope", "cola", 64 << 20, data_dir=str(FIX))
+    assert [m.split(":")[0] for m in missing] == ["GPU memory", "artifact"] and str(tmp) in missing[1]
+
+
+@pytest.mark.parametrize("cuda,expect", [("11.8", "needs a CUDA 12 (r535+) or 13 (580.65+) driver"),
+                                         ("12.4", "[tensorrt-build,tensorrt-cu12]"),
+                                         ("13.0", "[tensorrt-build,tensorrt-cu13]")])
+def test_gpu_check_sh_picks_the_extra_of_the_driver_and_stops_before_step_1(
+        art: Path, tmp_path: Path, cuda: str, expect: str) -> None:
+    """Here (no TensorRT, no cuda-python) the script must stop at step 0 naming the install line for the
+    driver's CUDA, never reach `nanotrt build`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\ncase \"$1\" in -L) echo 'GPU 0: Fake';; --query*) echo 999.1;; "
+                   f"*) echo '| NVIDIA-SMI 999.1   Driver Version: 999.1   CUDA Version: {cuda}     |';; esac\n")
+    smi.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
+    res = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(art)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert expect in res.stdout
+    if cuda != "11.8":
+        assert "MISSING TensorRT / Polygraphy: TensorRT is not installed" in res.stdout
+    assert "nanotrt build" not in res.stdout and not (tmp_path / "out").exists()
