@@ -234,7 +234,8 @@ def plan_error(plan_path: Path, ref_onnx: Path, batches: list[dict[str, np.ndarr
 
 def candidates(src: Path, precision: str, out: Path, unit: str, calib: Any, calib_method: str,
                input_names: list[str]) -> list[tuple[str, Path]]:
-    """(precision, ONNX to parse) in order of preference, down to the exported FP32 graph."""
+    """(precision, ONNX to parse) in order of preference, down to the exported FP32 graph: INT8 falls back
+    to FP16 then FP32, FP16 to FP32 (only when TensorRT cannot build it), FP32 is what it is."""
     from nanotrt.calibration.quantize import convert_fp16, quantize_static_qdq
 
     cands: list[tuple[str, Path]] = []
@@ -271,7 +272,7 @@ def build_unit(m: Manifest, unit: str, precision: str, out: Path, calib: Any, ca
     entry = m.graphs[unit]
     opts = BuildOptions.from_json(trt_options)
     assert opts.max_shape is not None
-    cands = _build_chain(src, precision, out, unit, calib, calib_method, [i["name"] for i in entry["inputs"]])
+    cands = candidates(src, precision, out, unit, calib, calib_method, [i["name"] for i in entry["inputs"]])
     plan = out / f"{unit}.plan"
     batches = in_profile(calib.batches(unit), opts) if calib is not None else []
     failed: dict[str, str] = {}
@@ -305,10 +306,3 @@ def build_unit(m: Manifest, unit: str, precision: str, out: Path, calib: Any, ca
         fields["rel_error"] = errors[unit]
     return plan.name, fields
 
-
-def _build_chain(src: Path, precision: str, out: Path, unit: str, calib: Any, calib_method: str,
-                 input_names: list[str]) -> list[tuple[str, Path]]:
-    """The candidates this variant may use: INT8 falls back to FP16 then FP32, FP16 to FP32 (only when
-    TensorRT cannot build it), FP32 is what it is."""
-    cands = candidates(src, precision, out, unit, calib, calib_method, input_names)
-    return cands if precision != "fp32" else cands[-1:]
