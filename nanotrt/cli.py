@@ -250,7 +250,9 @@ def predict(
             _out(f"{p.label}\t{probs}\texit@{p.exit_layer}/{runner.n}\tramps=[{ramps}]\t{text}")
     if stats:
         s = res.stats
-        typer.echo(json.dumps({"variant": s.variant, "samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
+        typer.echo(json.dumps({"variant": s.variant, "exit": runner.policy.spec, "exit_source": runner.exit_source,
+                               "plan": runner.describe_plan(), "ms_per_example": 1000 * s.wall_s / max(s.samples, 1),
+                               "samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
                                "compute_s": s.compute_s, "layer_time_s": s.layer_time_s, "mode": s.mode,
                                "blocks": s.blocks, "max_block": s.max_block,
                                "budget": runner.describe_budget(), **s.cache}, indent=1), err=True)
@@ -276,11 +278,11 @@ def profile(
         job = bar.add_task("profile", total=None, info="")
         path, doc = run_profile(artifact, backend, precision, variant, memory_budget, batches, seqs, repeats,
                                 threads, tick=lambda name: bar.update(job, advance=1, info=name))
-    s = doc["schedule"]
-    step = [round(doc["graphs"][lay]["runs"][f"1x{doc['grid']['seq'][-1]}"]["p50_ms"]
-                  + doc["graphs"][r]["runs"][f"1x{doc['grid']['seq'][-1]}"]["p50_ms"], 2)
-            for lay, r in zip(s["layers"], s["ramps"], strict=True)]
-    _out(f"wrote {path} ({doc['machine']['cpu']}); layer+ramp p50 ms at batch 1 x {doc['grid']['seq'][-1]}: {step}")
+    from nanotrt.runtime.profile import DeviceProfile
+
+    prof, seq = DeviceProfile(doc), doc["grid"]["seq"][-1]
+    step = [round(1000 * prof.step_seconds(g["start"], 1, seq, "p50_ms"), 2) for g in prof.groups()]
+    _out(f"wrote {path} ({doc['machine']['cpu']}); p50 ms per step between exit points at batch 1 x {seq}: {step}")
 
 
 @app.command("calibrate-exit")
@@ -303,6 +305,30 @@ def calibrate_exit(
     _out(f"{rec['task']} ({h['count']} held-out train rows{', SEEN in training' if h['seen_in_training'] else ''}): "
          f"full depth {100 * rec['full_depth']:.2f} {rec['metric']}; default_exit {c['spec']}: "
          f"{100 * c['metric']:.2f} at {c['avg_exit']:.2f} layers{' (dry run)' if dry_run else ''}")
+
+
+@app.command()
+def plan(
+    artifact: Annotated[Path, typer.Argument(help="artifact dir")],
+    max_loss: Annotated[float, typer.Option(help="metric points below full depth allowed (on held-out TRAIN rows)")] = 0.5,
+    memory_budget: Annotated[str | None, typer.Option(help="all | bytes | Nlayers: every segment fits with its activations")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
+    backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt")] = "onnxruntime",
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="int8: plan the ORT dynamic INT8 variant")] = False,
+    task: Annotated[str | None, typer.Option(help="GLUE task (default: the artifact's)")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
+    no_exit: Annotated[bool, typer.Option("--no-exit", help="no early exit: the fewest segments the budget allows")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, build nothing")] = False,
+) -> None:
+    """Choose engine boundaries and live ramps for this device, task and budget; build them as a variant."""
+    from nanotrt.extras import require
+
+    require("train", "`nanotrt plan`")
+    from nanotrt.pipeline.plan import describe, make_plan
+
+    rec = make_plan(artifact, max_loss, memory_budget, precision, backend, dynamic, task, data_dir, write=not dry_run,
+                    exits=not no_exit)
+    _out(describe(rec) + (" (dry run)" if dry_run else ""))
 
 
 @app.command()

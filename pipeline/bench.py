@@ -43,7 +43,7 @@ class RowSpec:
     graph: str = "whole"  # ort-whole: which one-graph model (FP32 "whole" or its dynamic INT8 build)
     data_dir: str | None = None
     limit: int | None = None
-    exit: str = "none"
+    exit: str = "none"  # runner rows: "default" = the variant's own rule (a plan's, else the calibrated one)
     variant: str | None = None  # runner: None = the artifact's best variant at ``precision`` (the runner's rule)
     precision: str = "fp32"
     budget: str = "all"
@@ -74,10 +74,15 @@ def _encode_all(spec: RowSpec) -> tuple[Task, Any, list[dict[str, np.ndarray]], 
     split = read_split(task, "dev", spec.data_dir, limit=spec.limit)
     m = Manifest.load(spec.artifact)
     tok = Tokenizer.from_manifest(m.root, m.tokenizer)
-    bs = spec.batch_size
-    batches = [tok(split.texts[i:i + bs], split.pairs[i:i + bs] if split.pairs else None)
-               for i in range(0, len(split), bs)]
-    return task, m, batches, split.labels
+    bs, labels = spec.batch_size, split.labels
+    texts, pairs = split.texts, split.pairs
+    if bs > 1:  # batches of similar length pad less (the same batches for every row, baselines included)
+        lengths = [len(tok([t], [p] if pairs else None)["input_ids"][0]) for t, p in zip(texts, pairs or texts, strict=True)]
+        order = np.argsort(lengths, kind="stable")
+        texts, labels = [texts[i] for i in order], labels[order]
+        pairs = [pairs[i] for i in order] if pairs else None
+    batches = [tok(texts[i:i + bs], pairs[i:i + bs] if pairs else None) for i in range(0, len(texts), bs)]
+    return task, m, batches, labels
 
 
 def _summary(task: Task, labels: np.ndarray, logits: np.ndarray, layers: np.ndarray, lat: list[float],
@@ -158,19 +163,25 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
     results = []
     for exit_spec in spec.sweep or [spec.exit]:
         backend = get_backend("onnxruntime", threads=spec.threads)
-        with Runner(m, backend, memory_budget=spec.budget, exit=exit_spec, variant=spec.variant,
-                    prefetch=spec.prefetch, precision=spec.precision) as runner:
+        with Runner(m, backend, memory_budget=spec.budget, exit=None if exit_spec == "default" else exit_spec,
+                    variant=spec.variant, prefetch=spec.prefetch, precision=spec.precision) as runner:
             stats = RunStats()
             outs, lat, wall = _time_batches(batches, lambda b, r=runner, s=stats: r.run_encoded(b, s)[:2])
             logits, layers = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
             cache = runner.cache.stats
             results.append(_summary(task, labels, logits, layers, lat, wall, n, {
-                "exit": exit_spec, "variant": runner.variant, "budget": runner.describe_budget(),
+                **_runner_info(runner), "budget": runner.describe_budget(),
                 "precision": m.data["variants"][runner.variant].get("precision", "fp32"),
                 "engine_peak_bytes": cache.peak_resident_bytes, "activation_peak_bytes": cache.peak_activation_bytes,
                 "load_s": cache.load_s, "wait_s": cache.wait_s, "loads": cache.loads,
                 "torch_imported": "torch" in sys.modules}))
     return results if spec.sweep else results[0]
+
+
+def _runner_info(runner: Any) -> dict[str, Any]:
+    """What a runner row ran: variant, the exit rule and where it came from, the plan (predicted latency)."""
+    return {"variant": runner.variant, "exit": runner.policy.spec, "exit_source": runner.exit_source,
+            "plan": runner.describe_plan()}
 
 
 def _block_row(spec: RowSpec, task: Task, m: Any, labels: np.ndarray) -> dict[str, Any]:
@@ -180,8 +191,9 @@ def _block_row(spec: RowSpec, task: Task, m: Any, labels: np.ndarray) -> dict[st
     from nanotrt.runtime.runner import Runner
 
     split = read_split(task, "dev", spec.data_dir, limit=spec.limit)
-    with Runner(m, get_backend("onnxruntime", threads=spec.threads), memory_budget=spec.budget, exit=spec.exit,
-                variant=spec.variant, prefetch=spec.prefetch, precision=spec.precision) as runner:
+    with Runner(m, get_backend("onnxruntime", threads=spec.threads), memory_budget=spec.budget,
+                exit=None if spec.exit == "default" else spec.exit, variant=spec.variant, prefetch=spec.prefetch,
+                precision=spec.precision) as runner:
         runner.predict(split.texts[:WARMUP], split.pairs[:WARMUP] if split.pairs else None, spec.batch_size)
         t0 = time.perf_counter()
         res = runner.predict(split.texts, split.pairs, batch_size=spec.batch_size, mode="block")
@@ -189,7 +201,7 @@ def _block_row(spec: RowSpec, task: Task, m: Any, labels: np.ndarray) -> dict[st
         c = res.stats.cache
     lat = [wall / len(split)] * len(split)
     return _summary(task, labels, res.logits, res.exit_layers, lat, wall, m.num_layers, {
-        "exit": spec.exit, "variant": runner.variant, "budget": runner.describe_budget(), "mode": res.stats.mode,
+        **_runner_info(runner), "budget": runner.describe_budget(), "mode": res.stats.mode,
         "precision": m.data["variants"][runner.variant].get("precision", "fp32"),
         "blocks": res.stats.blocks, "max_block": res.stats.max_block, "engine_peak_bytes": c["peak_resident_bytes"],
         "activation_peak_bytes": c["peak_activation_bytes"], "load_s": c["load_s"], "wait_s": c["wait_s"],

@@ -7,6 +7,7 @@ artifact intact, and re-running with the same options is a no-op.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import shutil
 from collections.abc import Callable
@@ -124,32 +125,43 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
             from nanotrt.pipeline.glue import read_split
 
             calib = collect(m, read_split(calib_task or "", "train", data_dir, limit=calib_size), calib_task or "")
-        staging = m.root / f".{variant}.{secrets.token_hex(4)}.tmp"
-        final_dir = m.root / f"{variant}.{secrets.token_hex(4)}"
-        staging.mkdir()
-        try:
-            graphs, sched, info = _build_variant(m, spec, staging, calib, calib_method,
-                                                 int8_tolerance, trt_mod, trt_options or {})
-            # Switch: new files in place under their final name, then one manifest rename.
-            staging.rename(final_dir)
-            fresh = Manifest.load(m.root)
-            old = fresh.data["variants"].get(variant, {}).get("dir")
-            for name in [n for n, e in fresh.graphs.items() if e.get("variant") == variant]:
-                del fresh.graphs[name]
-            for name, (path, fields) in graphs.items():
-                fresh.add_graph(name, final_dir / path, variant=variant, **fields)
-            fresh.set_variant(variant, sched, dir=final_dir.name, options=options, **info)
-            fresh.save()
-            m = fresh
-            if old and (m.root / old).is_dir():
-                shutil.rmtree(m.root / old, ignore_errors=True)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        make = functools.partial(_build_variant, m, spec, calib=calib, calib_method=calib_method,
+                                 tolerance=int8_tolerance, trt_mod=trt_mod, trt_options=trt_options or {})
+        m, info = install_variant(m, variant, options, lambda out, make=make: make(out=out))
         built.append(variant)
         console.print(f"{variant}: built ({info.get('summary', '')})")
     if int8 and backend == "onnxruntime" and "whole" in m.graphs:
         _build_whole_int8(m, calib_task or "", data_dir)
     return built
+
+
+Made = tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]  # graphs, schedule, variant info
+
+
+def install_variant(m: Manifest, variant: str, options: dict[str, Any], make: Callable[[Path], Made]
+                    ) -> tuple[Manifest, dict[str, Any]]:
+    """Build ``variant`` into a staging folder inside the artifact (``make(folder)`` returns its graphs, given
+    as (file in the folder, manifest fields), its schedule and info), then switch: the folder renamed into
+    place, one manifest rename, the previous files removed. Returns the new manifest and the info."""
+    staging = m.root / f".{variant}.{secrets.token_hex(4)}.tmp"
+    final_dir = m.root / f"{variant}.{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        graphs, sched, info = make(staging)
+        staging.rename(final_dir)
+        fresh = Manifest.load(m.root)
+        old = fresh.data["variants"].get(variant, {}).get("dir")
+        for name in fresh.variant_graphs(variant):
+            del fresh.graphs[name]
+        for name, (path, fields) in graphs.items():
+            fresh.add_graph(name, final_dir / path, variant=variant, **fields)
+        fresh.set_variant(variant, sched, dir=final_dir.name, options=options, **info)
+        fresh.save()
+        if old and (m.root / old).is_dir():
+            shutil.rmtree(m.root / old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return fresh, info
 
 
 WHOLE_INT8 = "whole-int8-dynamic"  # graph name of the bench's INT8 one-graph baseline

@@ -42,19 +42,21 @@ def subset(split: Split, idx: np.ndarray) -> Split:
 # --- offline replay -----------------------------------------------------------------------------
 
 def simulate(policy: ExitPolicy, ramp_logits: np.ndarray, exit_prob: np.ndarray | None = None,
-             batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+             batch: int = 256, live: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Replay ``policy`` on precomputed ramp outputs ([N, layers, labels], [N, layers]) exactly as the
-    runner walks them. Returns (exit layer [N], 1-based; logits of the exit ramp [N, labels])."""
+    runner walks them; ``live``: the layers (0-based) whose ramps run (a plan's exit points; default all).
+    Returns (exit layer [N], 1-based; logits of the exit ramp [N, labels])."""
     if isinstance(policy, Deadline):
         raise NanotrtError("a deadline depends on this device's clock and cannot be replayed offline: "
                            "calibrate its confidence rule, then add ,deadline=... at run time")
     n, layers, _ = ramp_logits.shape
+    points = [i for i in (range(layers) if live is None else sorted(live)) if i < layers - 1]
     out_layer = np.full(n, layers, dtype=np.int64)
     for s in range(0, n, batch):
         idx = np.arange(s, min(s + batch, n))
         state = policy.init(len(idx))
         active = np.arange(len(idx))
-        for i in range(layers - 1):
+        for i in points:
             outputs = {} if exit_prob is None else {"exit_prob": exit_prob[idx[active], i]}
             stop = policy.step(state, i, ramp_logits[idx[active], i], active, StepContext(outputs))
             out_layer[idx[active[stop]]] = i + 1
@@ -121,13 +123,14 @@ class _Recorder(ExitPolicy):
         self.chunks: list[np.ndarray] = []
 
     def init(self, batch: int) -> dict[str, np.ndarray]:
+        # Kept in the micro-batch's own state: in block mode the runner interleaves micro-batches.
         self.chunks.append(np.full((batch, self.layers), np.nan, dtype=np.float32))
-        return {}
+        return {"exit_prob": self.chunks[-1]}
 
     def step(self, state: dict[str, np.ndarray], layer: int, logits: np.ndarray, rows: np.ndarray,
              ctx: StepContext | None = None) -> np.ndarray:
         if ctx is not None and "exit_prob" in ctx.outputs:
-            self.chunks[-1][rows, layer] = np.asarray(ctx.outputs["exit_prob"]).reshape(len(rows))
+            state["exit_prob"][rows, layer] = np.asarray(ctx.outputs["exit_prob"]).reshape(len(rows))
         return np.zeros(len(rows), dtype=bool)
 
 
@@ -148,12 +151,20 @@ def holdout_split(manifest: Any, task: Task, data_dir: str | None) -> tuple[Spli
                                                             "rows": len(full), "seen_in_training": True}
 
 
-def ramp_outputs_on(artifact: Path, split: Split, precision: str, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+def ramp_outputs_on(artifact: Path, split: Split, precision: str, batch_size: int, variant: str | None = None,
+                    backend: str = "onnxruntime") -> tuple[np.ndarray, np.ndarray | None]:
+    """Every ramp's logits (and exit_prob) at full depth on ``split``. A plan runs only its live ramps, so
+    the default is the best per-layer variant."""
+    from nanotrt.runtime import variants as registry
     from nanotrt.runtime.artifact import Manifest
     from nanotrt.runtime.runner import Runner
 
-    rec = _Recorder(Manifest.load(artifact).num_layers)
-    with Runner.from_artifact(artifact, exit=rec, precision=precision) as runner:
+    m = Manifest.load(artifact)
+    rec = _Recorder(m.num_layers)
+    if variant is None:
+        variant = m.best_variant(precision, backend)
+        variant = registry.get(variant).source or variant if registry.get(variant).kind == "plan" else variant
+    with Runner.from_artifact(artifact, backend=backend, exit=rec, variant=variant) as runner:
         res = runner.predict(split.texts, split.pairs, batch_size=batch_size)
     probs = np.concatenate(rec.chunks) if rec.chunks else None
     learned = probs is not None and not np.isnan(probs[:, :-1]).all()

@@ -71,7 +71,7 @@ class _Layer(nn.Module):
         return self.m.layer(self.i, hidden_states, attention_mask)
 
 
-def _io_signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def io_signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -102,7 +102,7 @@ def check_graph(path: Path, vocab_size: int, inputs: list[dict[str, Any]] | None
     except Exception as e:  # noqa: BLE001
         raise NanotrtError(f"exported graph {path.name} fails onnx.checker: {str(e).splitlines()[0]}") from None
     if inputs is None:
-        inputs, _ = _io_signature(path)
+        inputs, _ = io_signature(path)
     shapes = {i["name"]: (2, 8, *i["shape"][2:]) for i in inputs}  # batch 2, seq 8
     ranges = {i["name"]: (0, 1) for i in inputs}
     if any(i["name"] == "input_ids" for i in inputs):
@@ -184,7 +184,7 @@ class _Export:
         path = self.tmp / "graphs" / f"{name}.onnx"
         self.bar.update(self.job, info=name)
         _export_one(module, tuple(args.values()), path, list(args), outputs)
-        ins, outs = _io_signature(path)  # read once: a BERT-base layer graph is 28 MB of protobuf
+        ins, outs = io_signature(path)  # read once: a BERT-base layer graph is 28 MB of protobuf
         if self.check:
             check_graph(path, int(self.cfg.vocab_size), ins)
         got = _ort_run(path, {k: v.numpy() for k, v in args.items()})

@@ -29,14 +29,57 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
+@dataclass(frozen=True)
+class Step:
+    """One engine call of the walk: ``graph`` takes the model from ``start`` layers done to ``end``; ``embeds``:
+    it takes the token inputs (the embeddings run inside it); ``ramp``: it outputs the logits of ramp
+    ``end - 1``, an exit point."""
+
+    graph: str
+    start: int
+    end: int
+    ramp: bool
+    embeds: bool = False
+
+
 @dataclass
 class Schedule:
+    """Which graph runs the embeddings, each layer and each ramp. A planned variant (`nanotrt plan`) adds
+    ``segments``: graphs of consecutive layers (the first one with the embeddings inside), each ending in its
+    ramp when exits are allowed there; ``layers[i]`` / ``ramps[i]`` then name the segment holding layer i."""
+
     embeddings: str
     layers: list[str]
     ramps: list[str]
+    segments: list[dict[str, Any]] | None = None  # {"graph", "start", "end", "ramp"}
 
     def names(self) -> list[str]:
         return list(dict.fromkeys([self.embeddings, *self.layers, *self.ramps]))
+
+    def steps(self) -> list[Step]:
+        """The walk, in order: one entry per engine call."""
+        if self.segments:
+            segs = [Step(s["graph"], int(s["start"]), int(s["end"]), bool(s["ramp"]),
+                         embeds=int(s["start"]) == 0 and s["graph"] == self.embeddings) for s in self.segments]
+            # the embeddings run alone when the budget could not hold them with the first layer
+            return segs if segs[0].embeds else [Step(self.embeddings, 0, 0, False, embeds=True), *segs]
+        out = [Step(self.embeddings, 0, 0, False, embeds=True)]
+        for i, (lay, ramp) in enumerate(zip(self.layers, self.ramps, strict=True)):
+            if lay == ramp:  # fused layer + ramp (`nanotrt build --fused`): one call per layer
+                out.append(Step(lay, i, i + 1, True))
+            else:
+                out += [Step(lay, i, i + 1, False), Step(ramp, i + 1, i + 1, True)]
+        return out
+
+    def live_ramps(self) -> list[int]:
+        """Layers (0-based) whose ramp runs: where samples may exit."""
+        return [s.end - 1 for s in self.steps() if s.ramp]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"embeddings": self.embeddings, "layers": self.layers, "ramps": self.ramps}
+        if self.segments:
+            out["segments"] = self.segments
+        return out
 
 
 class Manifest:
@@ -113,7 +156,7 @@ class Manifest:
                 f"artifact '{self.root}' has no '{variant}' variant (it has: {', '.join(self.variants)}): "
                 "build it with `nanotrt build`"
             )
-        return Schedule(v["embeddings"], list(v["layers"]), list(v["ramps"]))
+        return Schedule(v["embeddings"], list(v["layers"]), list(v["ramps"]), v.get("segments"))
 
     def variant_choices(self, precision: str = "fp32", backend: str = "onnxruntime") -> list[str]:
         """The variants of this artifact that run ``precision`` on ``backend``, best first (the ranks of
@@ -132,9 +175,15 @@ class Manifest:
                                f"build it with `{build.command(self.root)}`")
         return choices[0]
 
-    def resolve_variant(self, variant: str | None, precision: str = "fp32", backend: str = "onnxruntime") -> str:
-        """``variant`` when named (it must exist and run on ``backend``), else ``best_variant``."""
+    def resolve_variant(self, variant: str | None, precision: str = "fp32", backend: str = "onnxruntime",
+                        budget: int | None = None) -> str:
+        """``variant`` when named (it must exist and run on ``backend``), else ``best_variant``, passing over
+        plans made for a larger memory budget than ``budget`` (bytes; None = unlimited)."""
         if variant is None:
+            for v in self.variant_choices(precision, backend):
+                planned = self.data["variants"][v].get("plan", {})
+                if registry.get(v).kind != "plan" or budget is None or 0 < planned.get("budget_bytes", 0) <= budget:
+                    return v
             return self.best_variant(precision, backend)
         self.schedule(variant)  # exists, else one error listing what does
         registry.check_runs_on(variant, backend)
@@ -189,9 +238,7 @@ class Manifest:
         return entry
 
     def set_variant(self, variant: str, schedule: Schedule, **info: Any) -> None:
-        self.data["variants"][variant] = {
-            "embeddings": schedule.embeddings, "layers": schedule.layers, "ramps": schedule.ramps, **info,
-        }
+        self.data["variants"][variant] = {**schedule.to_json(), **info}
 
     def save(self, root: Path | None = None) -> None:
         write_json(Path(root or self.root) / MANIFEST, self.data)
@@ -252,9 +299,34 @@ def _check(data: dict[str, Any]) -> None:
         for ref in [sched["embeddings"], *sched["layers"], *sched["ramps"]]:
             if not isinstance(ref, str) or ref not in graphs:
                 raise ValueError(f"variants.{variant} names graph {json.dumps(ref)}, which is not in graphs")
+        if "segments" in sched:
+            _check_segments(sched["segments"], graphs, n, f"variants.{variant}.segments")
     lookup = data.get("lookup")
     if lookup is not None and lookup not in graphs:
         raise ValueError(f"lookup names graph {json.dumps(lookup)}, which is not in graphs")
+
+
+_SEGMENT: dict[str, type | tuple[type, ...]] = {"graph": str, "start": int, "end": int, "ramp": bool}
+
+
+def _check_segments(segments: Any, graphs: dict[str, Any], n: int, where: str) -> None:
+    """Segments cover layers 0..n in order, each at least one layer, the last one ending in its ramp."""
+    if not isinstance(segments, list) or not segments:
+        raise ValueError(f"{where} should be a non-empty list")
+    at = 0
+    for k, seg in enumerate(segments):
+        if not isinstance(seg, dict):
+            raise ValueError(f"{where}[{k}] should be an object")
+        _need(seg, _SEGMENT, f"{where}[{k}].")
+        if seg["graph"] not in graphs:
+            raise ValueError(f"{where}[{k}] names graph {json.dumps(seg['graph'])}, which is not in graphs")
+        ramp_alone = k > 0 and seg["ramp"] and seg["start"] == seg["end"] == at  # a ramp after its layers
+        if not ramp_alone and (seg["start"] != at or not at < seg["end"] <= n):
+            raise ValueError(f"{where}[{k}] covers layers {seg['start']}..{seg['end']}; expected to start at {at}, "
+                             f"end after it and by {n}")
+        at = seg["end"]
+    if at != n or not segments[-1]["ramp"]:
+        raise ValueError(f"{where} must end at layer {n} with its ramp")
 
 
 def validate(data: Any, path: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.artifact import Manifest, Schedule
 from nanotrt.runtime.backend import Backend
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import write_json
@@ -109,13 +109,40 @@ class DeviceProfile:
             ms += g["load_ms"]
         return ms / 1000.0
 
-    def step_seconds(self, layer: int, batch: int, seq: int) -> float:
-        """Predicted seconds for layer ``layer`` (0-based) and its ramp: the deadline rule's next step."""
+    def groups(self) -> list[dict[str, Any]]:
+        """The walk's steps between exit points: {graphs, start, end}."""
         s = self.data["schedule"]
-        return self.graph_seconds(s["layers"][layer], batch, seq) + self.graph_seconds(s["ramps"][layer], batch, seq)
+        if "groups" in s:
+            return list(s["groups"])
+        return [{"graphs": [lay, ramp], "start": i, "end": i + 1}  # profiles before plans: layer i + ramp i
+                for i, (lay, ramp) in enumerate(zip(s["layers"], s["ramps"], strict=True))]
+
+    def step_seconds(self, layer: int, batch: int, seq: int, stat: str = "p90_ms") -> float:
+        """Predicted seconds of the walk from one exit point to the next, for the step holding layer ``layer``
+        (0-based): layer + ramp per layer, or a plan's segment. The deadline rule's next step."""
+        group = next(g for g in self.groups() if g["start"] <= layer < g["end"])
+        return sum(self.graph_seconds(name, batch, seq, stat) for name in dict.fromkeys(group["graphs"]))
 
     def embeddings_seconds(self, batch: int, seq: int) -> float:
-        return self.graph_seconds(self.data["schedule"]["embeddings"], batch, seq)
+        """The embeddings when they run alone (0 when a plan's first segment holds them)."""
+        emb = self.data["schedule"].get("embeddings_step", self.data["schedule"]["embeddings"])
+        return self.graph_seconds(emb, batch, seq) if emb else 0.0
+
+
+def exit_groups(sched: Schedule) -> tuple[str | None, list[dict[str, Any]]]:
+    """The walk cut at its exit points: (the embeddings graph when it runs alone, [{graphs, start, end}])."""
+    steps = sched.steps()
+    emb = steps[0].graph if steps[0].end == 0 else None
+    groups: list[dict[str, Any]] = []
+    graphs: list[str] = []
+    for st in steps[1 if emb else 0:]:
+        if not graphs:
+            groups.append({"graphs": graphs, "start": st.start, "end": st.end})
+        graphs.append(st.graph)
+        groups[-1]["end"] = st.end
+        if st.ramp:
+            graphs = []
+    return emb, groups
 
 
 def load_profile(root: str | Path, variant: str, backend: str) -> DeviceProfile | None:
@@ -157,6 +184,7 @@ def measure(manifest: Manifest, backend: Backend, variant: str, swapping: bool, 
             tick: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time every graph of ``variant``'s schedule over the grid; returns the profile document."""
     sched = manifest.schedule(variant)
+    emb, groups = exit_groups(sched)
     lookup = manifest.data.get("lookup")
     table = np.load(manifest.verify(lookup), mmap_mode="r") if lookup else None
     rng = np.random.default_rng(0)
@@ -188,7 +216,8 @@ def measure(manifest: Manifest, backend: Backend, variant: str, swapping: bool, 
             "memory_budget": budget, "swapping": swapping, "machine": machine(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "grid": {"batch": list(batches), "seq": list(seqs)},
             "repeats": repeats, "schedule": {"embeddings": sched.embeddings, "layers": sched.layers,
-                                             "ramps": sched.ramps}, "graphs": graphs}
+                                             "ramps": sched.ramps, "embeddings_step": emb, "groups": groups},
+            "graphs": graphs}
 
 
 def write_profile(manifest: Manifest, doc: dict[str, Any]) -> Path:

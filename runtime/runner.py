@@ -18,16 +18,16 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.backend import Backend, get_backend
 from nanotrt.runtime.errors import NanotrtError
-from nanotrt.runtime.exits import ExitPolicy, StepContext, bind_policy, parse_exit, softmax
+from nanotrt.runtime.exits import ExitPolicy, FixedDepth, StepContext, bind_policy, parse_exit, softmax
 from nanotrt.runtime.residency import ResidencyCache, fmt_bytes, parse_size
 from nanotrt.runtime.tokenize import Tokenizer
 
@@ -125,7 +125,9 @@ def resolve_budget(text: str | int | None, manifest: Manifest, variant: str, res
     if m and int(m.group(1)) < 1:
         raise NanotrtError(f"memory budget '{text}' holds no graph: use at least 1layer")
     if m:
-        biggest = max(int(manifest.graphs[n]["bytes"]) for n in manifest.schedule(variant).names())
+        spec = registry.get(variant) if registry.known(variant) else None
+        per_layer = spec.source if spec is not None and spec.kind == "plan" and spec.source else variant
+        biggest = max(int(manifest.graphs[n]["bytes"]) for n in manifest.schedule(per_layer).names())
         seq = int(manifest.tokenizer.get("max_length", 128))
         return int(m.group(1)) * biggest + Activations.from_manifest(manifest).block([(1, seq)]) + reserved
     return parse_size(text)
@@ -179,22 +181,30 @@ class Runner:
                  precision: str = "fp32"):
         self.manifest = manifest
         self.backend = backend
-        self.variant = manifest.resolve_variant(variant, precision, backend.name)  # rule: runtime/variants.py
+        # Nlayers budgets count per-layer graphs, so they resolve before the variant (and a plan) is chosen.
+        planned = manifest.resolve_variant(variant, precision, backend.name)
+        self.variant = manifest.resolve_variant(variant, precision, backend.name,
+                                                resolve_budget(memory_budget, manifest, planned))
         self.schedule = manifest.schedule(self.variant)
         # exit=None: the artifact's calibrated default (`nanotrt calibrate-exit`), else full depth.
-        self.policy = parse_exit(manifest.data.get("default_exit", "none") if exit is None else exit,
-                                 manifest.task_type, manifest.num_layers)
-        self._bind_exit(manifest, backend)
+        # exit=None: the variant's own (a plan's rule, re-chosen on its live ramps), else the artifact's.
+        info = manifest.data["variants"][self.variant]
+        self.exit_source, default = next((src, rule) for src, rule in (
+            ("given", exit), ("plan", info.get("default_exit")), ("calibrated", manifest.data.get("default_exit")),
+            ("none: no calibrated default_exit (run `nanotrt calibrate-exit` or `nanotrt plan`)", "none"))
+            if rule is not None)
+        self.policy = parse_exit(default, manifest.task_type, manifest.num_layers)
         self.tokenizer = Tokenizer.from_manifest(manifest.root, manifest.tokenizer)
         self.n = manifest.num_layers
         self.labels = manifest.labels
         lookup = manifest.data.get("lookup")
-        self.word_table = np.load(manifest.verify(lookup), mmap_mode="r") if lookup else None
-        # A fused variant (`nanotrt build --fused`) names one graph for layer i and its ramp: one call per layer.
-        self.fused = all(lay == ramp for lay, ramp in zip(self.schedule.layers, self.schedule.ramps, strict=True))
-        order = [self.schedule.embeddings]
-        for lay, ramp in zip(self.schedule.layers, self.schedule.ramps, strict=True):
-            order += [lay] if self.fused else [lay, ramp]
+        # A plain ndarray view of the mapping: indexing a np.memmap subclass costs a finalizer call per batch.
+        self.word_table = np.load(manifest.verify(lookup), mmap_mode="r").view(np.ndarray) if lookup else None
+        # The walk: one step per engine call (per-layer, fused layer+ramp, or a plan's segments).
+        self.steps = self.schedule.steps()
+        order = [s.graph for s in self.steps]
+        self._inputs = [[i["name"] for i in manifest.graphs[s.graph]["inputs"]] for s in self.steps]
+        self._bind_exit(manifest, backend)
         self.acts = Activations.from_manifest(manifest)
         self.reserved = backend.reserve(manifest, self.schedule.names())  # e.g. TensorRT scratch + I/O
         self.budget = resolve_budget(memory_budget, manifest, self.variant, self.reserved)
@@ -212,17 +222,19 @@ class Runner:
         # The cache budgets engines and activations; the backend's fixed working set comes off the top.
         engines = None if self.budget is None else self.budget - self.reserved
         self.cache = ResidencyCache(backend, manifest, order, engines, prefetch=prefetch)
-        self._emb_inputs = [i["name"] for i in manifest.graphs[self.schedule.embeddings]["inputs"]]
         # Swapped engines hold no more than their manifest bytes, also in block mode where a block amortizes
         # the loads: ORT's prepacked weight copies would overrun the budget (block mode measured 312 MB
         # peak RSS with prepacking vs 239 MB for the same budget without).
         backend.configure(swapping=self.streaming)
+        self._prefetch = [self._prefetch_after(k) for k in range(len(self.steps))]
+        # full depth: no policy call per ramp (a subclass, e.g. a recorder, still gets every call)
+        self._never_exits = type(self.policy) is FixedDepth and self.policy.depth == 0
 
     def _bind_exit(self, manifest: Manifest, backend: Backend) -> None:
         """Ramp outputs the policy reads must exist; a deadline rule gets this device's profile."""
         from nanotrt.runtime.profile import load_profile
 
-        outs = {o["name"] for o in manifest.graphs[self.schedule.ramps[0]].get("outputs", [])}
+        outs = {o["name"] for o in manifest.graphs[self.steps[-1].graph].get("outputs", [])}
         bind_policy(self.policy, outs, load_profile(manifest.root, self.variant, backend.name))
 
     @classmethod
@@ -234,55 +246,52 @@ class Runner:
         be = get_backend(backend, **backend_options) if isinstance(backend, str) else backend
         return cls(manifest, be, memory_budget, exit, variant, prefetch, precision)
 
+    def describe_plan(self) -> dict[str, Any] | None:
+        """A plan variant's segments, live ramps and predicted latency (None for per-layer variants)."""
+        plan = self.manifest.data["variants"][self.variant].get("plan")
+        if not plan:
+            return None
+        return {"segments": [f"{s['start'] + 1}-{s['end']}{'*' if s['ramp'] else ''}" for s in plan["segments"]],
+                "live_ramps": plan["live_ramps"], "predicted_ms": plan["predicted_ms"], "planned_for": plan["memory_budget"]}
+
     def describe_budget(self) -> str:
         return "all" if self.budget is None else fmt_bytes(self.budget)
 
-    # --- positions in the walk -------------------------------------------------------------
-    EMBEDDINGS = 0
-
-    def layer(self, i: int) -> int:
-        return 1 + i if self.fused else 1 + 2 * i
-
-    def ramp(self, i: int) -> int:
-        return self.layer(i) if self.fused else 2 + 2 * i
-
-    @contextmanager
-    def _engine(self, pos: int, prefetch: tuple[int, ...] = ()) -> Iterator[Any]:
-        engine = self.cache.acquire(pos)
-        try:
-            for p in prefetch:  # load the next graphs while this one computes
-                self.cache.prefetch(p)
-            yield engine
-        finally:
-            self.cache.release(pos)
-
     # --- the walk --------------------------------------------------------------------------
-    def _embed(self, batches: list[_Batch], stats: RunStats) -> None:
-        t0 = time.perf_counter()
-        for b in batches:
-            b.started = t0
-        with self._engine(self.EMBEDDINGS, prefetch=(self.layer(0), self.ramp(0))) as eng:
-            for b in batches:
-                feeds = {"input_ids": b.enc["input_ids"], "token_type_ids": b.enc["token_type_ids"]}
-                if self.word_table is not None:
-                    feeds["inputs_embeds"] = np.ascontiguousarray(self.word_table[b.enc["input_ids"]], dtype=np.float32)
-                b.hidden = self.backend.run(eng, {k: feeds[k] for k in self._emb_inputs})["hidden_states"]
-                b.mask = b.enc["attention_mask"].astype(np.int64)
-        stats.compute_s += time.perf_counter() - t0
+    def _prefetch_after(self, k: int) -> tuple[int, ...]:
+        """Steps to load while step k computes: the next two (one after an exit point, where the batch may
+        end); past the last step, the first one of the next batch. Nothing when every engine stays resident."""
+        if not self.streaming:
+            return ()
+        ahead = 1 if self.steps[k].ramp else 2
+        return tuple(dict.fromkeys(p if p < len(self.steps) else 0 for p in range(k + 1, k + 1 + ahead)))
 
-    def _run_layer(self, i: int, live: list[_Batch]) -> None:
-        """Layer i (and its ramp) for every live micro-batch, each engine acquired once for all of them."""
-        after = (self.layer(i + 1),) if i + 1 < self.n else (self.EMBEDDINGS,)  # next batch's embeddings
-        with self._engine(self.layer(i), prefetch=(self.ramp(i), *after)) as eng:
+    def _token_feeds(self, b: _Batch, names: list[str]) -> dict[str, np.ndarray]:
+        b.mask = b.enc["attention_mask"].astype(np.int64)
+        feeds = {"input_ids": b.enc["input_ids"], "token_type_ids": b.enc["token_type_ids"], "attention_mask": b.mask}
+        if self.word_table is not None:  # the word table is indexed on the host: only touched rows get resident
+            feeds["inputs_embeds"] = np.ascontiguousarray(self.word_table[b.enc["input_ids"]], dtype=np.float32)
+        return {k: feeds[k] for k in names}
+
+    def _run_step(self, k: int, live: list[_Batch]) -> None:
+        """Step k for every live micro-batch, its engine acquired once for all of them (and the next steps'
+        engines loading meanwhile). Runs per engine call: kept free of per-call allocations it can avoid
+        (benchmarks/results/step_overhead.md)."""
+        step, names = self.steps[k], self._inputs[k]
+        eng = self.cache.acquire(k)
+        try:
+            for p in self._prefetch[k]:
+                self.cache.prefetch(p)
             for b in live:
-                out = self.backend.run(eng, b.feeds())
-                b.hidden = out.pop("hidden_states_out")
-                b.logits, b.extras = out.pop("logits", None), out
-        if not self.fused:
-            with self._engine(self.ramp(i), prefetch=after) as eng:
-                for b in live:
-                    out = self.backend.run(eng, b.feeds())
+                out = self.backend.run(eng, self._token_feeds(b, names) if step.embeds else b.feeds())
+                hidden = out.pop("hidden_states_out", None)
+                hidden = out.pop("hidden_states", None) if hidden is None else hidden  # the embeddings' output
+                if hidden is not None:
+                    b.hidden = hidden
+                if step.ramp:
                     b.logits, b.extras = out.pop("logits"), out
+        finally:
+            self.cache.release(k)
 
     def _exit(self, i: int, b: _Batch, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         """Record ramp i's logits, ask the policy, drop the rows that stop (and padding no row needs)."""
@@ -291,7 +300,12 @@ class Runner:
         assert logits is not None and b.hidden is not None and b.mask is not None
         ramp_logits[rows, i] = logits
         ctx = StepContext(b.extras, b.mask.shape[1], b.started)
-        stop = np.ones(len(b.active), bool) if i == self.n - 1 else self.policy.step(b.state, i, logits, b.active, ctx)
+        if i == self.n - 1:
+            stop = np.ones(len(b.active), bool)
+        elif self._never_exits:
+            return
+        else:
+            stop = self.policy.step(b.state, i, logits, b.active, ctx)
         if stop.any():
             out_logits[rows[stop]] = logits[stop]
             out_layer[rows[stop]] = i + 1
@@ -303,23 +317,27 @@ class Runner:
                 b.hidden, b.mask = np.ascontiguousarray(b.hidden[:, :width]), np.ascontiguousarray(b.mask[:, :width])
 
     def _walk(self, batches: list[_Batch], out: tuple[np.ndarray, np.ndarray, np.ndarray], stats: RunStats) -> None:
-        """Walk a block of micro-batches layer by layer (a single micro-batch is the latency path)."""
+        """Walk a block of micro-batches step by step (a single micro-batch is the latency path)."""
         self.cache.reserve_activations(self.acts.block([b.shape for b in batches]))
         stats.blocks += 1
         stats.max_block = max(stats.max_block, sum(len(b.active) for b in batches))
-        self._embed(batches, stats)
-        for i in range(self.n):
+        started = time.perf_counter()
+        for b in batches:
+            b.started = started  # the deadline rule's clock starts before the embeddings
+        for k, step in enumerate(self.steps):
             live = [b for b in batches if len(b.active)]
             if not live:
                 break
             t = time.perf_counter()
-            self._run_layer(i, live)
+            self._run_step(k, live)
             for b in live:
-                stats.layers_executed += len(b.active)
-                self._exit(i, b, out)
+                stats.layers_executed += len(b.active) * (step.end - step.start)
+                if step.ramp:
+                    self._exit(step.end - 1, b, out)
             dt = time.perf_counter() - t
-            stats.layer_time_s[i] += dt
             stats.compute_s += dt
+            if step.end:
+                stats.layer_time_s[step.end - 1] += dt
 
     def _new_batch(self, enc: dict[str, np.ndarray], offset: int) -> _Batch:
         n = len(enc["input_ids"])
@@ -408,12 +426,22 @@ class Runner:
         mode = self.resolve_mode(mode, len(texts), batch_size)
         stats = RunStats(layer_time_s=[0.0] * self.n, mode=mode)
         out = self._outputs(len(texts), self.n, len(self.labels))
+        # Micro-batches of similar length pad less: walk the inputs shortest first (characters stand in for
+        # tokens), then put the results back in the caller's order.
+        order = np.argsort([len(t) + len(p) for t, p in zip(texts, pairs or [""] * len(texts), strict=True)],
+                           kind="stable") if batch_size > 1 else None
+        if order is not None:
+            texts = [texts[i] for i in order]
+            pairs = None if pairs is None else [pairs[i] for i in order]
         t0 = time.perf_counter()
         try:
             for block in self._blocks(texts, pairs, batch_size, mode, block_size):
                 self._walk(block, out, stats)
         finally:
             self.cache.reserve_activations(0)
+        if order is not None:
+            back = np.argsort(order)
+            out = (out[0][back], out[1][back], out[2][back])
         stats.wall_s = time.perf_counter() - t0
         stats.samples = len(texts)
         stats.cache = {**self.cache.stats.as_dict(), "backend_reserved_bytes": self.reserved}
@@ -426,6 +454,7 @@ class Runner:
         probs = logits if regression else softmax(logits.astype(np.float64))
         for lg, p, layer, rl in zip(logits, probs, layers, ramps, strict=True):
             ran = rl[: int(layer)]
+            ran = ran[~np.isnan(ran).any(-1)]  # ramps that ran (a plan runs only its live ones)
             if regression:
                 preds.append(Prediction(self.labels[0], 0, float(lg[0]), [float(lg[0])], int(layer),
                                         [float(x) for x in ran[:, 0]]))

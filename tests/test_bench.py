@@ -94,9 +94,11 @@ def test_bench_errors(bench_art: Path, tmp_path: Path) -> None:
     (art / "manifest.json").write_text(json.dumps(man))
     rep = run_bench("cola", art, data_dir=str(FIX), limit=6, out=tmp_path)  # runs what it can, lists the rest
     res = rep["results"]["cola"]
-    assert [r["key"] for r in res["rows"]] == ["full", "exit-fp32", "exit-int8", "stream", "stream-block", "block-all"]
+    assert [r["key"] for r in res["rows"]] == ["full", "exit-fp32-per-layer", "exit-fp32", "exit-int8", "stream-block",
+                                               "block-all"]
     skipped = {s["row"]: s["enable"] for s in res["skipped"]}
     assert "--whole" in skipped["3 ORT one graph"] and "--torch-reference" in skipped["1 torch eager, full"]
+    assert "nanotrt plan" in skipped["4 nanotrt full, no-exit plan"]  # its copy of the artifact is not there
     assert "Skipped" in (tmp_path / "bench-cola.md").read_text()
     shutil.rmtree(art)
     shutil.copytree(bench_art, art)  # built by an older nanotrt: INT8 variants but no INT8 one graph
@@ -110,15 +112,27 @@ def test_bench_errors(bench_art: Path, tmp_path: Path) -> None:
 def test_bench_rows_follow_the_artifacts_variants() -> None:
     from nanotrt.pipeline.benchreport import bench_rows
 
+    def manifest(*variants: str) -> Manifest:
+        return Manifest(Path("art"), {"variants": dict.fromkeys(variants, {}), "task_type": "classification",
+                                      "num_layers": 6, "default_exit": "maxprob=0.8"})
+
     base = {"artifact": "art", "task": "cola"}
-    keys = [r.key for r in bench_rows("patience=3", "all", 1, [], base)]
-    assert keys == ["torch-full", "torch-exit", "ort-whole", "full", "exit-fp32", "stream"]
-    rows = bench_rows("patience=3", "all", 8, ["ort-int8", "ort-int8-dynamic"], base)
-    assert [r.key for r in rows] == ["torch-full", "torch-exit", "ort-whole", "ort-whole-int8", "full", "exit-fp32",
-                                     "exit-int8", "exit-int8-dynamic", "stream", "b-torch-full", "b-full", "b-exit-fp32"]
+    keys = [r.key for r in bench_rows(None, "all", 1, manifest("fp32", "ort-fp32"), base)]
+    assert keys == ["torch-full", "torch-exit", "ort-whole", "full", "plan-noexit", "exit-fp32-per-layer", "exit-fp32",
+                    "stream"]
+    rows = bench_rows(None, "all", 32, manifest("fp32", "ort-fp32", "ort-fp32-plan", "ort-int8", "ort-int8-dynamic",
+                                                "ort-int8-dynamic-plan"), base)
+    assert [r.key for r in rows] == [
+        "torch-full", "torch-exit", "ort-whole", "ort-whole-int8", "full", "plan-noexit", "exit-fp32-per-layer",
+        "exit-fp32", "exit-int8", "plan-noexit-int8-dynamic", "exit-int8-dynamic", "stream", "b-torch-full",
+        "b-ort-whole", "b-ort-whole-int8", "b-full", "b-exit-fp32", "b-exit-int8-dynamic"]
     by_key = {r.key: r for r in rows}
     assert by_key["exit-int8"].precision == "int8" and by_key["exit-int8"].variant is None  # the runner's rule
-    assert by_key["ort-whole-int8"].graph == "whole-int8-dynamic"
+    assert by_key["exit-fp32"].exit == "default" and by_key["torch-exit"].exit == "maxprob=0.8"  # calibrated
+    assert by_key["full"].variant == by_key["exit-fp32-per-layer"].variant == "ort-fp32"  # what plans replaced
+    assert by_key["exit-int8-dynamic"].variant == "ort-int8-dynamic-plan"
+    assert by_key["ort-whole-int8"].graph == by_key["b-ort-whole-int8"].graph == "whole-int8-dynamic"
+    assert by_key["stream"].artifact.endswith("artifact-2layers") and by_key["b-ort-whole"].batch_size == 32
 
 
 def test_cached_demo_artifact_gains_what_is_missing(bench_art: Path, tmp_path: Path) -> None:
