@@ -33,6 +33,9 @@ from nanotrt.runtime.fsutil import write_json
 
 # TensorRT 11 has no `ILayer.precision_is_set`; Polygraphy reads it unguarded before 0.50.3 (AttributeError).
 POLYGRAPHY_MIN = (0, 50, 3)
+# Part of every TensorRT variant's options: a change of what the build makes rebuilds instead of "up to
+# date" (2: no INT32 bias DequantizeLinear, INT8 as Q/DQ over the FP16 graph, fallback on build failure).
+TRT_BUILDER_VERSION = 2
 TIMING_CACHE = "trt-timing.cache"  # in the artifact, shared by every plan of every build
 TIMING_CACHE_ID = "trt-timing.json"  # the GPU and TensorRT that made it
 
@@ -143,7 +146,7 @@ def setup(m: Manifest, trt_options: dict[str, Any] | None) -> dict[str, Any]:
     trt = require_builder()
     opts = BuildOptions.from_json(trt_options or {}).resolve(int(m.tokenizer["max_length"]))
     check_timing_cache(m.root, {"tensorrt": str(trt.__version__), **device_identity()})
-    return {**opts.to_json(), "tensorrt": str(trt.__version__)}
+    return {**opts.to_json(), "tensorrt": str(trt.__version__), "trt_builder": TRT_BUILDER_VERSION}
 
 
 def device_identity(device: int = 0) -> dict[str, Any]:
