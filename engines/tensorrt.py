@@ -41,7 +41,8 @@ MAX_MAJOR = 11  # newest major this code was written against (11 = strongly type
 SUPPORTED = "TensorRT >= 10.1, < 12 (x86-64 CUDA 12/13; Jetson Orin with JetPack 6.1+)"
 LEAN_RUNTIME_ENV = "NANOTRT_TRT_LEAN_RUNTIME"  # libnvinfer_lean.so for --exclude-lean-runtime plans
 # The extra whose cuda-python matches each CUDA major (pyproject.toml); JetPack 6 is CUDA 12.6.
-CUDA_EXTRAS = {12: "nanotrt[tensorrt-cu12]' (on a Jetson: 'nanotrt[jetson]", 13: "nanotrt[tensorrt-cu13]"}
+CUDA_EXTRAS = {12: "pip install 'nanotrt[tensorrt-cu12]' (on a Jetson: 'nanotrt[jetson]')",
+               13: "pip install 'nanotrt[tensorrt-cu13]'"}
 INSTALL_HINT = (
     "TensorRT is not installed: on a machine with an NVIDIA GPU run `pip install 'nanotrt[tensorrt-cu12]'` "
     "(driver for CUDA 12) or `pip install 'nanotrt[tensorrt-cu13]'` (driver >= 580.65), or on a Jetson Orin "
@@ -114,11 +115,10 @@ def check_cuda(cudart: Any) -> None:
     if driver == 0:
         raise NanotrtError("no NVIDIA driver found: install the GPU driver, or use the onnxruntime backend")
     if bindings // 1000 > driver // 1000:
-        extra = CUDA_EXTRAS.get(driver // 1000, f"cuda-python<{driver // 1000 + 1}")
+        fix = CUDA_EXTRAS.get(driver // 1000, f"pip install 'cuda-python<{driver // 1000 + 1}'")
         raise NanotrtError(
             f"cuda-python is built for CUDA {_cuda_version(bindings)} but this driver supports CUDA "
-            f"{_cuda_version(driver)} at most: pip install '{extra}' (cuda-python of the driver's CUDA), "
-            "or update the driver")
+            f"{_cuda_version(driver)} at most: {fix} for the bindings of the driver's CUDA, or update the driver")
 
 
 # --------------------------------------------------------------------------------------------
