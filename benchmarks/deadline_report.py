@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nanotrt.pipeline.bench import machine_info
 from nanotrt.pipeline.glue import compute_metrics, get_task, predictions_from_logits, read_split
 from nanotrt.runtime.fsutil import atomic_file, write_json
-from nanotrt.runtime.profile import run_profile
+from nanotrt.runtime.profile import machine, run_profile
 from nanotrt.runtime.runner import Runner
 
 WARMUP = 5
@@ -75,7 +74,7 @@ def main() -> None:
                 res["misses"] = int(sum(x > d for x in res["lat_ms"]))
                 rows.append(res)
     report = {"task": task.name, "artifact": str(args.artifact), "examples": len(split), "batch_size": 1,
-              "profile": str(path), "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "profile": str(path), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "deadlines_ms": deadlines, "rows": rows}
     out = args.out / f"deadline_{task.name}"
     write_json(out.with_suffix(".json"), report)

@@ -82,6 +82,7 @@ def feeds_for(m: Manifest, batch: int, seq: int, rng: np.random.Generator) -> di
     """Inputs of every FP32 graph for random token ids of shape [batch, seq] (last row half padded):
     layer i sees what the FP32 embeddings and layers 0..i-1 produce."""
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
 
     vocab = int(m.data["config"].get("vocab_size", 1000))
     ids = rng.integers(5, vocab, size=(batch, seq), dtype=np.int64)
@@ -92,8 +93,7 @@ def feeds_for(m: Manifest, batch: int, seq: int, rng: np.random.Generator) -> di
     table = np.load(m.verify(m.data["lookup"]), mmap_mode="r")
     base = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
             "inputs_embeds": np.ascontiguousarray(table[ids], dtype=np.float32)}
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so = session_options(ort)  # also on ORT's shared pool when the process has one
 
     def run(name: str, f: dict[str, np.ndarray]) -> np.ndarray:
         s = ort.InferenceSession(str(m.verify(name)), so, providers=["CPUExecutionProvider"])
@@ -116,6 +116,7 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 def check_plans(m: Manifest, variant: str, fails: list[str]) -> dict[str, Any]:
     """Every plan vs ORT on its source ONNX; deserialize time and latency per plan."""
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
 
     info = m.data["variants"][variant]
     opts = BuildOptions.from_json(info["options"])
@@ -126,8 +127,7 @@ def check_plans(m: Manifest, variant: str, fails: list[str]) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     shapes = [(b, s) for b, s in SHAPES if b <= opts.max_shape[0] and s <= opts.max_shape[1]]
     feeds = {bs: feeds_for(m, *bs, rng) for bs in shapes}
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so = session_options(ort)  # also on ORT's shared pool when the process has one
     rows: dict[str, Any] = {}
     with te.TrtBackend() as be:
         be.reserve(m, names)

@@ -57,9 +57,9 @@ def predict_footprint(python: Path, artifact: Path, texts_file: Path, budget: st
 
 
 def main() -> None:
-    from nanotrt.pipeline.bench import machine_info
     from nanotrt.pipeline.demo import cache_dir
     from nanotrt.runtime.fsutil import atomic_file, write_json
+    from nanotrt.runtime.profile import machine
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifact", type=Path, default=cache_dir() / "minilm-cola" / "artifact")
@@ -84,7 +84,7 @@ def main() -> None:
                          "packages": len(json.loads(freeze)),
                          "predict": [predict_footprint(venv / "bin" / "python", args.artifact, texts, b)
                                      for b in ("all", "2layers")]})
-    report = {"machine": machine_info(), "artifact": str(args.artifact), "examples": len(TEXTS), "rows": rows,
+    report = {"machine": machine(), "artifact": str(args.artifact), "examples": len(TEXTS), "rows": rows,
               "command": "python benchmarks/install_footprint.py"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / "install_footprint.json", report)

@@ -25,6 +25,7 @@ VARIANTS = ["fp32", "ort-fp32", "ort-fp16", "ort-int8", "ort-int8-dynamic"]
 def layer_latency(art: Path, seq: int, batch: int, repeats: int) -> dict[str, dict[str, float]]:
     """Median ms of every layer graph per variant; variants interleaved per repeat so drift hits all alike."""
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
     from nanotrt.runtime.artifact import Manifest
 
     m = Manifest.load(art)
@@ -35,8 +36,7 @@ def layer_latency(art: Path, seq: int, batch: int, repeats: int) -> dict[str, di
     variants = [v for v in VARIANTS if v in m.variants]
     sessions = {}
     for v in variants:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
+        so = session_options(ort)
         for i, name in enumerate(m.schedule(v).layers):
             sessions[(v, i)] = ort.InferenceSession(str(m.verify(name)), so, providers=["CPUExecutionProvider"])
     times: dict[tuple[str, int], list[float]] = {k: [] for k in sessions}
@@ -79,11 +79,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = ap.parse_args()
-    from nanotrt.pipeline.bench import machine_info
     from nanotrt.runtime.artifact import Manifest
     from nanotrt.runtime.fsutil import write_json
+    from nanotrt.runtime.profile import machine
 
-    report = {"machine": machine_info(), "seq": a.seq, "batch": a.batch, "artifacts": {}}
+    report = {"machine": machine(), "seq": a.seq, "batch": a.batch, "artifacts": {}}
     lines = ["# Per-layer INT8 vs FP32 and per-ramp accuracy by precision", "",
              f"`python benchmarks/int8_layers.py {' '.join('--artifact ' + str(p) for p in a.artifact)} "
              f"--seq {a.seq} --batch {a.batch}`; {report['machine']['cpu']}, {report['machine']['cores']} cores.", ""]

@@ -53,9 +53,9 @@ def bench_int8_row(art: Path) -> dict[str, float]:
 
 def main() -> None:
     import nanotrt.calibration.readers as readers
-    from nanotrt.pipeline.bench import machine_info
     from nanotrt.pipeline.build import build
     from nanotrt.runtime.fsutil import write_json
+    from nanotrt.runtime.profile import machine
 
     runs: dict[str, Any] = {"cached": {**int8_state(SRC), **bench_int8_row(SRC)}}
     stable = readers.batch_order
@@ -74,7 +74,7 @@ def main() -> None:
         r["identical_to_cached"] = r["files"] == ref
         r["files"] = len(r["files"])
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    write_json(OUT, {"artifact": str(SRC), "machine": machine_info(),
+    write_json(OUT, {"artifact": str(SRC), "machine": machine(),
                      "int8_cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
                      "runs": runs, "date": time.strftime("%Y-%m-%d %H:%M")})
     print(json.dumps(runs, indent=1))

@@ -271,12 +271,14 @@ def _torch_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]
 
 def _ort_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any]], Any]:
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
     from nanotrt.runtime.artifact import Manifest
 
     m = Manifest.load(spec["artifact"])
     path = m.verify("whole") if spec["precision"] == "fp32" else Path(spec["whole_int8"])
     tok = _tokenizer(spec["artifact"])
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # ORT defaults: what a user gets
+    # ORT's defaults (each row is its own process: no shared pool there), what a user gets
+    sess = ort.InferenceSession(str(path), session_options(ort), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     size = int(m.graphs["whole"]["bytes"]) if spec["precision"] == "fp32" else path.stat().st_size
 
@@ -685,10 +687,10 @@ def main() -> None:
     if a.child:
         child_main(json.loads(a.child))
         return
-    from nanotrt.pipeline.bench import machine_info
     from nanotrt.pipeline.demo import cache_dir
     from nanotrt.runtime.errors import NanotrtError
     from nanotrt.runtime.fsutil import atomic_file, write_json
+    from nanotrt.runtime.profile import machine
     from nanotrt.runtime.progress import console
 
     names = [n.strip() for n in a.models.split(",") if n.strip()]
@@ -715,7 +717,7 @@ def main() -> None:
         f" --{k.replace('_', '-')} {v}" for k, v in (("models", a.models), ("rows", a.rows), ("examples", a.examples),
                                                       ("accuracy_limit", a.accuracy_limit))
         if v is not None and v != ap.get_default(k))
-    report = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_info(),
+    report = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
               "examples": a.examples, "warmup": WARMUP, "caps": CAPS, "models": prepared,
               "rows": measure(prepared, rows, a)}
     report["headline"] = headline(report["models"], report["rows"])

@@ -200,16 +200,16 @@ def main() -> None:
         return
     import tempfile
 
-    from nanotrt.pipeline.bench import machine_info
     from nanotrt.pipeline.glue import read_split
     from nanotrt.runtime.artifact import Manifest
     from nanotrt.runtime.fsutil import write_json
+    from nanotrt.runtime.profile import machine
     from streaming_memory import workloads
 
     if a.artifact:
         texts = read_split(a.task, "dev").texts[: a.examples]
         pools = pool_table(a.artifact, texts, a.repeats)
-        res: dict[str, Any] = {"artifact": str(a.artifact), "task": a.task, "pools": pools, "machine": machine_info()}
+        res: dict[str, Any] = {"artifact": str(a.artifact), "task": a.task, "pools": pools, "machine": machine()}
         stem = ROOT / "benchmarks" / "results" / f"ort_thread_pools_{a.task}"
         write_json(stem.with_suffix(".json"), res)
         md = [f"# ORT thread pools: per-layer runner vs one graph ({a.task} dev, first {a.examples}, batch 1)", "",
@@ -237,7 +237,7 @@ def main() -> None:
         "pools_short": pool_table(ART, short[:20], a.repeats),
         "two_layer_ms": {"trim every swap": runner_latency(long[:6], "2layers", True),
                          "trim on clear": runner_latency(long[:6], "2layers", False)},
-        "machine": machine_info(),
+        "machine": machine(),
     }
     write_json(ROOT / "benchmarks" / "results" / "ort_load_options.json", res)
     lines = ["# ONNX Runtime settings (BERT-base shape, batch 1)", "",

@@ -142,8 +142,8 @@ def main() -> None:
         print(json.dumps(child(json.loads(a.child))))
         return
     art = make_model(a.cache)
-    from nanotrt.pipeline.bench import machine_info
     from nanotrt.runtime.fsutil import write_json
+    from nanotrt.runtime.profile import machine
 
     rows = []
     for workload in workloads():
@@ -171,7 +171,7 @@ def main() -> None:
         r["logits_sum"] = float(np.sum(r.pop("logits")))
         r["avg_exit_layer"] = float(np.mean(r.pop("exit_layers")))
     report = {"model": "BERT-base shape (12x768, random weights), bert-base-uncased tokenizer",
-              "machine": machine_info(), "rows": rows, "many": block_rows}
+              "machine": machine(), "rows": rows, "many": block_rows}
     a.out.mkdir(parents=True, exist_ok=True)
     write_json(a.out / "streaming_memory.json", report)
     (a.out / "streaming_memory.md").write_text(markdown(report, a))

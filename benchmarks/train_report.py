@@ -14,8 +14,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from nanotrt.pipeline.bench import machine_info
     from nanotrt.runtime.fsutil import write_json
+    from nanotrt.runtime.profile import machine
 
     out = ROOT / "benchmarks" / "results"
     args = sys.argv[1:]
@@ -25,7 +25,7 @@ def main() -> None:
         note, args = args[i + 1], args[:i] + args[i + 2:]
     for ckpt in map(Path, args):
         rep = json.loads((ckpt / "ramp_metrics.json").read_text())
-        rep["machine"] = machine_info()
+        rep["machine"] = machine()
         task, cfg = rep["task"], rep["config"]
         write_json(out / f"train_{task}.json", rep)
         keys = [rep["metric"], *(k for k in rep["ramps"][0] if k not in ("layer", rep["metric"]))]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from nanotrt.calibration.readers import FeedReader, Feeds
+from nanotrt.engines.onnxruntime import library_sessions, session_options
 from nanotrt.runtime.errors import NanotrtError
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -99,7 +100,7 @@ def quantize_static_qdq(src: Path, dst: Path, batches: list[Feeds], input_names:
         return False
     # Histogram calibrators stack batches: pad them to one length (zeros, mask 0).
     pad = method != "minmax"
-    with _quiet_quantizer():
+    with _quiet_quantizer(), library_sessions():  # its calibrator builds sessions of its own
         quantize_static(
             str(src), str(dst), FeedReader(batches, input_names, pad=pad),
             quant_format=QuantFormat.QDQ,
@@ -208,7 +209,7 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> bool:
         if not nodes:
             shutil.copy2(src, dst)
             return False
-        with _quiet_quantizer():  # ORT's pre-processing hint, as in quantize_static_qdq
+        with _quiet_quantizer(), library_sessions():  # ORT's pre-processing hint, as in quantize_static_qdq
             quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
                              weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
     finally:
@@ -230,8 +231,7 @@ def relative_error(ref_path: Path, test: Path | Callable[[Feeds], np.ndarray], b
     feeds to the first output (a TensorRT plan: pipeline/trt_build.py)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so = session_options(ort)
     ref = ort.InferenceSession(str(ref_path), so, providers=["CPUExecutionProvider"])
     run = _first_output(ort.InferenceSession(str(test), so, providers=["CPUExecutionProvider"])) \
         if isinstance(test, Path) else test

@@ -5,9 +5,11 @@ created once, before the first session, by whichever runner comes first). Per-se
 per-layer split: 25 sessions each owning a pool fight for the same cores (benchmarks/results/ort_load_options.md).
 ``thread_pool="session"`` (or ``NANOTRT_ORT_THREAD_POOL=session``) restores one pool per session, ORT's
 default. Once the global pool exists, ORT refuses every session of the process that does not opt in
-(``SessionOptions.use_per_session_threads = False``, see ``session_options``): an application that also
-builds its own ORT sessions, or nanotrt's offline tools (export, build, calibration) in the same process,
-should use ``session``.
+(``SessionOptions.use_per_session_threads = False``). Inside nanotrt that is no trap: every session the
+project makes (export and build checks, calibration, quantization error checks, bench rows) takes its options
+from ``session_options``, and ORT's own tools that build sessions internally (``quantize_static``'s
+calibrator, the transformer optimizer) run inside ``library_sessions()``. An application that also builds
+its own ORT sessions should pass ``thread_pool="session"`` or take its options from ``session_options``.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from nanotrt.runtime.artifact import Manifest
-from nanotrt.runtime.backend import Backend
+from nanotrt.runtime.backend import Backend, check_threads
 from nanotrt.runtime.errors import NanotrtError
 
 
@@ -51,21 +55,62 @@ def shared_thread_pool(ort: Any, threads: int | None) -> bool:
                 try:
                     setter(int(threads or 0), 1)  # inter-op: 1, the graphs run sequentially
                     _POOL["created"], _POOL["threads"] = True, threads
-                except Exception as e:  # noqa: BLE001 - already created by someone else: probe below
-                    _POOL["created"] = "already created" in str(e)
-                    _POOL["threads"] = "existing"
+                except ort.capi.onnxruntime_pybind11_state.Fail:
+                    # ORT's status FAIL is its one refusal here: the global pools exist already (made by
+                    # the application). There is no query for it; the status code, not the text, tells.
+                    _POOL["created"], _POOL["threads"] = True, "existing"
         elif _POOL["created"] and threads and _POOL["threads"] not in (threads, "existing"):
             warnings.warn(f"ORT's shared thread pool already has {_POOL['threads'] or 'default'} threads; "
                           f"threads={threads} is ignored (one pool per process)", stacklevel=3)
         return bool(_POOL["created"])
 
 
-def session_options(ort: Any) -> Any:
-    """Plain SessionOptions that also work once the process-wide pool exists."""
+def session_options(ort: Any, threads: int | None = None) -> Any:
+    """SessionOptions for a session nanotrt makes outside a backend (build checks, calibration, bench rows):
+    on the process-wide pool once it exists (ORT refuses per-session pools then), else ``threads`` intra-op
+    threads of its own (None: ORT's default). Quiet: warnings only."""
     so = ort.SessionOptions()
+    so.log_severity_level = 3
     if _POOL["created"]:
         so.use_per_session_threads = False
+    elif threads:
+        so.intra_op_num_threads = check_threads(threads)
     return so
+
+
+_LIBRARY_LOCK = threading.Lock()
+_LIBRARY_DEPTH = [0]
+
+
+@contextmanager
+def library_sessions() -> Iterator[None]:
+    """Run ORT's own tools (``quantize_static``'s calibrator, the transformer optimizer, shape inference)
+    on the process-wide pool: they build sessions from plain SessionOptions, which ORT refuses once the pool
+    exists. Inside the block a session created without choosing is put on the pool; nothing changes when
+    there is no pool. (ORT offers no hook for their options, hence the wrapper around its constructor.)"""
+    import onnxruntime as ort
+
+    cls = ort.InferenceSession
+    with _LIBRARY_LOCK:
+        _LIBRARY_DEPTH[0] += 1
+        if _LIBRARY_DEPTH[0] == 1:
+            real = cls.__init__
+
+            def init(self: Any, path_or_bytes: Any, sess_options: Any = None, *args: Any, **kwargs: Any) -> None:
+                if _POOL["created"]:
+                    sess_options = sess_options or ort.SessionOptions()
+                    sess_options.use_per_session_threads = False
+                real(self, path_or_bytes, sess_options, *args, **kwargs)
+
+            init.__wrapped__ = real  # type: ignore[attr-defined]
+            cls.__init__ = init
+    try:
+        yield
+    finally:
+        with _LIBRARY_LOCK:
+            _LIBRARY_DEPTH[0] -= 1
+            if _LIBRARY_DEPTH[0] == 0:
+                cls.__init__ = cls.__init__.__wrapped__
 
 
 class OrtBackend(Backend):
@@ -81,9 +126,14 @@ class OrtBackend(Backend):
                  spin: bool = False, prepack: bool | None = None, thread_pool: str | None = None):
         import onnxruntime as ort
 
+        check_threads(threads)
         thread_pool = thread_pool or os.environ.get("NANOTRT_ORT_THREAD_POOL", "shared")
         if thread_pool not in ("shared", "session"):
             raise NanotrtError(f"unknown thread_pool '{thread_pool}': use shared or session")
+        if thread_pool == "session" and _POOL["created"]:
+            raise NanotrtError("thread_pool='session' is not possible in this process any more: ORT's process-wide "
+                               "pool exists (a runner with the default 'shared' made it) and ORT then refuses "
+                               "per-session pools; use the shared pool, or choose 'session' before the first runner")
         self._ort = ort
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
@@ -134,7 +184,7 @@ class OrtBackend(Backend):
         try:
             sess = self._ort.InferenceSession(str(path), self._options(entry), providers=self.providers)
         except Exception as e:  # noqa: BLE001 - corrupted graph -> one clear line
-            raise NanotrtError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+            raise NanotrtError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}") from e
         self.sessions_created += 1
         return OrtEngine(name, sess, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()],
                          int(entry["bytes"]))

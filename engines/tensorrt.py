@@ -54,8 +54,8 @@ def parse_version(text: str) -> tuple[int, int]:
     parts = (text.split(".") + ["0"])[:2]
     try:
         return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
-    except ValueError:
-        raise NanotrtError(f"cannot read the TensorRT version '{text}'") from None
+    except ValueError as e:
+        raise NanotrtError(f"cannot read the TensorRT version '{text}'") from e
 
 
 def check_version(text: str) -> None:
@@ -89,9 +89,9 @@ def load_cudart() -> Any:
     except ImportError:
         try:
             from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
-        except ImportError:
+        except ImportError as e:
             raise NanotrtError("cuda-python is not installed: pip install 'nanotrt[tensorrt-cu12]' "
-                               "(or [tensorrt-cu13], [jetson])") from None
+                               "(or [tensorrt-cu13], [jetson])") from e
     return cudart
 
 

@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# The device backends (onnxruntime, tensorrt) register by name here, before any runner asks for one; their
+# modules load only when a backend is made. `import nanotrt.pipeline` adds the offline `torch` backend.
+import nanotrt.engines  # noqa: E402, F401
+
 if TYPE_CHECKING:
     from nanotrt.runtime.artifact import Manifest
     from nanotrt.runtime.errors import NanotrtError

@@ -139,6 +139,15 @@ def bench(
     print_table(report)
 
 
+def _offline_backend(backend: str) -> None:
+    """The offline backends (the PyTorch reference) register when nanotrt.pipeline is imported."""
+    from nanotrt.runtime.backend import OFFLINE_BACKENDS
+
+    if backend in OFFLINE_BACKENDS:
+        require("export", f"--backend {backend}")
+        import nanotrt.pipeline  # noqa: F401 - registers it
+
+
 def _decode(data: bytes, encoding: str, name: str) -> str:
     """Strict decoding: a byte the encoding cannot read is an error naming its line, not a guess."""
     try:
@@ -230,7 +239,8 @@ def predict(
     from nanotrt.runtime.runner import Runner
 
     items, pairs = _read_inputs(texts or [], pair, file, encoding)
-    options = {"threads": threads} if threads and backend == "onnxruntime" else {}
+    _offline_backend(backend)
+    options = {"threads": threads} if threads is not None and backend == "onnxruntime" else {}
     with Runner.from_artifact(artifact, backend=backend, memory_budget=memory_budget, exit=exit,
                               variant=variant, prefetch=prefetch, precision=precision, **options) as runner:
         res = runner.predict(items, pairs, batch_size=batch_size, mode=mode, block_size=block_size)
@@ -274,6 +284,7 @@ def profile(
     from nanotrt.runtime.profile import run_profile
     from nanotrt.runtime.progress import progress
 
+    _offline_backend(backend)
     with progress() as bar:
         job = bar.add_task("profile", total=None, info="")
         path, doc = run_profile(artifact, backend, precision, variant, memory_budget, batches, seqs, repeats,
@@ -397,8 +408,8 @@ def main() -> None:
     except BrokenPipeError:  # `nanotrt predict ... | head`: the reader left; not an error of ours
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush stays quiet
         raise SystemExit(1) from None
-    except NanotrtError as e:
-        typer.echo(f"error: {e}", err=True)
+    except NanotrtError as e:  # the library keeps the cause (`from e`); the user gets one line
+        typer.echo(f"error: {' '.join(str(e).splitlines())}", err=True)
         raise SystemExit(2) from None
     except OSError as e:
         if e.errno not in DISK_FULL:

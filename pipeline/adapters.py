@@ -89,14 +89,10 @@ def register(cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
 def get_adapter(model_type: str) -> FamilyAdapter:
     try:
         return _REGISTRY[model_type]
-    except KeyError:
+    except KeyError as e:
         raise NanotrtError(
             f"unsupported model_type '{model_type}': nanotrt supports {', '.join(sorted(_REGISTRY))}"
-        ) from None
-
-
-def supported_families() -> list[str]:
-    return sorted(_REGISTRY)
+        ) from e
 
 
 @register

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -142,10 +141,9 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
 
     if spec.kind == "ort-whole":
         import onnxruntime as ort
+        from nanotrt.engines.onnxruntime import session_options
 
-        so = ort.SessionOptions()
-        if spec.threads:
-            so.intra_op_num_threads = spec.threads
+        so = session_options(ort, spec.threads)
         sess = ort.InferenceSession(str(m.verify(spec.graph)), so, providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
         outs, lat, wall = _time_batches(batches, lambda b: sess.run(None, {k: b[k] for k in names})[0])
@@ -164,7 +162,7 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
     for exit_spec in spec.sweep or [spec.exit]:
         backend = get_backend("onnxruntime", threads=spec.threads)
         with Runner(m, backend, memory_budget=spec.budget, exit=None if exit_spec == "default" else exit_spec,
-                    variant=spec.variant, prefetch=spec.prefetch, precision=spec.precision) as runner:
+                    variant=spec.variant, prefetch=spec.prefetch, precision=spec.precision, own_backend=True) as runner:
             stats = RunStats()
             outs, lat, wall = _time_batches(batches, lambda b, r=runner, s=stats: r.run_encoded(b, s)[:2])
             logits, layers = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
@@ -193,7 +191,7 @@ def _block_row(spec: RowSpec, task: Task, m: Any, labels: np.ndarray) -> dict[st
     split = read_split(task, "dev", spec.data_dir, limit=spec.limit)
     with Runner(m, get_backend("onnxruntime", threads=spec.threads), memory_budget=spec.budget,
                 exit=None if spec.exit == "default" else spec.exit, variant=spec.variant, prefetch=spec.prefetch,
-                precision=spec.precision) as runner:
+                precision=spec.precision, own_backend=True) as runner:
         runner.predict(split.texts[:WARMUP], split.pairs[:WARMUP] if split.pairs else None, spec.batch_size)
         t0 = time.perf_counter()
         res = runner.predict(split.texts, split.pairs, batch_size=spec.batch_size, mode="block")
@@ -225,22 +223,6 @@ def run_child(spec: RowSpec, timeout: float = 3600) -> Any:
         last = (p.stderr.strip().splitlines() or ["no output"])[-1]
         raise NanotrtError(f"bench row '{spec.name}' failed: {last}")
     return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def machine_info() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    from nanotrt.runtime.profile import cpu_name
-
-    cpu = cpu_name()
-    libs: dict[str, str | None] = {}
-    for lib in ("onnxruntime", "torch", "transformers", "numpy", "tokenizers"):
-        try:
-            libs[lib] = md.version(lib)
-        except md.PackageNotFoundError:
-            libs[lib] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "libraries": libs}
 
 
 if __name__ == "__main__":

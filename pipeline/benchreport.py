@@ -7,13 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nanotrt.pipeline.bench import RowSpec, machine_info, run_child
+from nanotrt.pipeline.bench import RowSpec, run_child
 from nanotrt.pipeline.build import WHOLE_INT8
 from nanotrt.pipeline.glue import get_task, label_names, read_split, task_file
 from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.backend import check_threads
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import atomic_file, write_json
+from nanotrt.runtime.profile import machine
 from nanotrt.runtime.progress import console, progress, table_console
 
 # Large train sets are subsampled for the embedded default so first use stays practical on 2 cores
@@ -233,6 +235,7 @@ def _fmt_bytes(n: float | None) -> str:
 def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, budget: str = "all",
               batch_size: int = 1, sweep: bool = False, out: Path | None = None, limit: int | None = None,
               data_dir: str | None = None, threads: int | None = None) -> dict[str, Any]:
+    check_threads(threads)  # before any row: every row (eager torch too) runs with it
     t = get_task(task)
     tasks = [t.name, "mnli-mm"] if t.name == "mnli" else [t.name]
     for name in tasks:
@@ -252,7 +255,7 @@ def run_bench(task: str, artifact: Path | None = None, exit: str | None = None, 
                            f"--calib-task {t.name}` (builds only what is missing)")
     report: dict[str, Any] = {"task": t.name, "artifact": str(art), "exit": exit or "default", "exit_source": exit_source,
                               "exit_calibration": m.data.get("exit_calibration"), "budget": budget,
-                              "batch_size": batch_size, "layers": m.num_layers, "machine": machine_info(),
+                              "batch_size": batch_size, "layers": m.num_layers, "machine": machine(),
                               "variants": {"fp32": m.best_variant("fp32"), "int8": int8s[0] if int8s else None},
                               "date": time.strftime("%Y-%m-%d %H:%M"), "results": {}}
     for name in tasks:
@@ -431,13 +434,16 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict[str, Any], out: Path) -> None:
-    """JSON + Markdown (+ PNG when there is a sweep) into ``out``, each file written atomically."""
+def write_report(report: dict[str, Any], out: Path) -> list[Path]:
+    """JSON + Markdown (+ PNG when there is a sweep) into ``out``, each file written atomically; returns them."""
     stem = out / f"bench-{report['task']}"
-    write_json(stem.with_suffix(".json"), report)
-    with atomic_file(stem.with_suffix(".md")) as tmp:
+    written = [stem.with_suffix(".json"), stem.with_suffix(".md")]
+    write_json(written[0], report)
+    with atomic_file(written[1]) as tmp:
         tmp.write_text(to_markdown(report))
     if any(res["sweeps"] for res in report["results"].values()):
-        with atomic_file(stem.with_suffix(".png")) as tmp:
+        written.append(stem.with_suffix(".png"))
+        with atomic_file(written[2]) as tmp:
             plot(report, tmp)
-    console.print(f"report written to {stem}.{{json,md{',png' if report['results'] else ''}}}")
+    console.print(f"report written to {', '.join(str(p) for p in written)}")
+    return written

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest, Schedule
 from nanotrt.runtime.errors import NanotrtError
@@ -47,13 +46,15 @@ def _graph_units(m: Manifest) -> list[str]:
 
 def _optimize_ort(src: Path, dst: Path, m: Manifest, fp16: bool) -> None:
     import onnx
+    from nanotrt.engines.onnxruntime import library_sessions
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.optimizer import optimize_model
 
     cfg = m.data["config"]
     heads = int(cfg.get("num_attention_heads") or cfg.get("n_heads") or 0)
-    opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=int(m.data["hidden_size"]),
-                         opt_level=1, only_onnxruntime=False)
+    with library_sessions():  # its ORT pass builds a session of its own
+        opt = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=int(m.data["hidden_size"]),
+                             opt_level=1, only_onnxruntime=False)
     model = opt.model
     if fp16:
         # keep_io_types: the runner feeds and reads fp32; casts sit at the graph boundary.
@@ -70,10 +71,10 @@ def _ort_offline_optimize(path: Path) -> None:
     CPU-EP specific, like the variant."""
     import onnx
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
 
-    so = ort.SessionOptions()
+    so = session_options(ort)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.log_severity_level = 3
     tmp = path.with_suffix(".opt.onnx")
     so.optimized_model_filepath = str(tmp)
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -127,7 +128,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
             calib = collect(m, read_split(calib_task or "", "train", data_dir, limit=calib_size), calib_task or "")
         make = functools.partial(_build_variant, m, spec, calib=calib, calib_method=calib_method,
                                  tolerance=int8_tolerance, trt_mod=trt_mod, trt_options=trt_options or {})
-        m, info = install_variant(m, variant, options, lambda out, make=make: make(out=out))
+        m, info = install_variant(m, variant, options, make)
         built.append(variant)
         console.print(f"{variant}: built ({info.get('summary', '')})")
     if int8 and backend == "onnxruntime" and "whole" in m.graphs:
@@ -324,67 +325,11 @@ def _build_variant(m: Manifest, spec: registry.VariantSpec, out: Path, calib: An
 FUSED_ATOL = 1e-5  # a fused graph runs the same kernels on the same weights as its two parts
 
 
-def fuse_layer_ramp(layer: Path, ramp: Path, dst: Path) -> None:
-    """One graph computing layer i and its ramp: (hidden_states, attention_mask) -> (hidden_states_out,
-    logits). Saves a session call per layer (benchmarks/results/ort_load_options.md, per-call overhead).
-    The ramp's names get a prefix; its inputs bind to the layer's output and the shared mask."""
-    import onnx
-
-    lay, rmp = onnx.load(str(layer)), onnx.load(str(ramp))
-    outputs = [o.name for o in rmp.graph.output]  # logits, and exit_prob for halting-head ramps
-    bind = {"hidden_states": "hidden_states_out", "attention_mask": "attention_mask", "": "", **{o: o for o in outputs}}
-
-    def name(x: str) -> str:
-        return bind.get(x, f"ramp/{x}")
-
-    for node in rmp.graph.node:
-        node.name = f"ramp/{node.name}"
-        node.input[:] = [name(x) for x in node.input]
-        node.output[:] = [name(x) for x in node.output]
-    for init in rmp.graph.initializer:
-        init.name = name(init.name)
-    for vi in rmp.graph.value_info:
-        vi.name = name(vi.name)
-    g = lay.graph
-    have = {i.name for i in g.input}
-    g.input.extend(i for i in rmp.graph.input if i.name == "attention_mask" and i.name not in have)
-    g.node.extend(rmp.graph.node)
-    g.initializer.extend(rmp.graph.initializer)
-    g.value_info.extend(rmp.graph.value_info)
-    g.output.extend(rmp.graph.output)
-    versions = {o.domain: o.version for o in lay.opset_import}
-    for o in rmp.opset_import:
-        versions[o.domain] = max(versions.get(o.domain, 0), o.version)
-    del lay.opset_import[:]
-    lay.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
-    lay.ir_version = max(lay.ir_version, rmp.ir_version)
-    onnx.save(lay, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=dst.name + ".data", size_threshold=1024)
-
-
-def _check_fused(fused: Path, layer: Path, ramp: Path, hidden: int) -> float:
-    """Max abs difference of the fused graph against its two parts on a random padded batch."""
-    import onnxruntime as ort
-
-    rng = np.random.default_rng(0)
-    h = rng.standard_normal((2, 7, hidden)).astype(np.float32)
-    mask = np.array([[1] * 7, [1] * 4 + [0] * 3], np.int64)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-
-    def run(p: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        sess = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-        return sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})
-
-    h_out, logits = run(fused, {"hidden_states": h, "attention_mask": mask})[:2]
-    ref_h = run(layer, {"hidden_states": h, "attention_mask": mask})[0]
-    ref_l = run(ramp, {"hidden_states": ref_h, "attention_mask": mask})[0]
-    return float(max(np.abs(h_out - ref_h).max(), np.abs(logits - ref_l).max()))
-
-
 def _build_fused(m: Manifest, spec: registry.VariantSpec, out: Path
                  ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
     """A fused variant: its source variant's layer i and ramp i as one graph (embeddings copied as they are)."""
+    from nanotrt.pipeline.plan import compose, probe_feeds, segment_error
+
     variant, src_variant = spec.name, str(spec.source)
     base = m.schedule(src_variant)
     graphs: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -400,8 +345,10 @@ def _build_fused(m: Manifest, spec: registry.VariantSpec, out: Path
         for i, (lay, ramp) in enumerate(zip(base.layers, base.ramps, strict=True)):
             bar.update(job, info=f"layer {i}")
             dst = out / f"fused_{i:02d}.onnx"
-            fuse_layer_ramp(m.verify(lay), m.verify(ramp), dst)
-            worst = max(worst, _check_fused(dst, m.path(lay), m.path(ramp), int(m.data["hidden_size"])))
+            # One graph computing layer i and its ramp: saves a session call per layer (ort_load_options.md).
+            compose([m.verify(lay), m.verify(ramp)], dst, keep_hidden=True)
+            feeds = probe_feeds(m.graphs[lay]["inputs"], int(m.data["hidden_size"]), 2)
+            worst = max(worst, segment_error(dst, [m.path(lay), m.path(ramp)], feeds))
             entry, r_entry = m.graphs[lay], m.graphs[ramp]
             precision = entry["precision"] if entry["precision"] == r_entry["precision"] else "mixed"
             graphs[f"{variant}/fused_{i:02d}"] = (dst.name, {

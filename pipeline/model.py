@@ -187,12 +187,12 @@ def _read_hf_config(p: Path) -> Any:
     try:
         model_type = json.loads((p / "config.json").read_text()).get("model_type", "")
     except json.JSONDecodeError as e:
-        raise NanotrtError(f"{p / 'config.json'} is not valid JSON ({e}): re-save the model") from None
+        raise NanotrtError(f"{p / 'config.json'} is not valid JSON ({e}): re-save the model") from e
     get_adapter(model_type)  # clear error for unsupported families before transformers complains
     try:
         return AutoConfig.from_pretrained(str(p), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - a config transformers cannot read -> one clear line
-        raise NanotrtError(f"cannot read {p / 'config.json'} ({_first_line(e)}): re-save the model") from None
+        raise NanotrtError(f"cannot read {p / 'config.json'} ({_first_line(e)}): re-save the model") from e
 
 
 def _first_line(e: BaseException) -> str:
@@ -225,7 +225,7 @@ def load_tokenizer(model_dir: str | Path, vocab_size: int | None = None) -> Any:
         tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, use_fast=True)
     except Exception as e:  # noqa: BLE001
         raise NanotrtError(f"cannot load the tokenizer from '{model_dir}' ({_first_line(e)}): "
-                           "copy the tokenizer files next to config.json") from None
+                           "copy the tokenizer files next to config.json") from e
     if not getattr(tok, "is_fast", False):
         raise NanotrtError(f"the tokenizer in '{model_dir}' has no fast (tokenizers) version to convert")
     # transformers builds an empty tokenizer (special tokens only) when the vocab files are absent.
@@ -276,7 +276,7 @@ def load_model(
             rcfg = RampConfig(**json.loads((p / RAMP_CONFIG).read_text()))
         except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:  # hand-edited or damaged
             raise NanotrtError(f"{p / RAMP_CONFIG} is not a valid nanotrt ramp config ({_first_line(e)}): "
-                               "re-create the checkpoint with `nanotrt train`") from None
+                               "re-create the checkpoint with `nanotrt train`") from e
         if exit_head and not rcfg.exit_head:
             raise NanotrtError(f"checkpoint '{p}' has no exit heads: train --compute-penalty from the base model")
         encoder = AutoModel.from_config(config, attn_implementation="eager")
@@ -287,7 +287,7 @@ def load_model(
             missing, unexpected = st_load(model, str(p / WEIGHTS), strict=False)
         except Exception as e:  # noqa: BLE001 - corrupt/mismatched weights become one clear line
             raise NanotrtError(f"cannot load {p / WEIGHTS} ({_first_line(e)}): the file is damaged or from another "
-                               "model; re-create the checkpoint") from None
+                               "model; re-create the checkpoint") from e
         # A pooler the source model never had (RoBERTa/DistilBERT heads) is unused by the ramps.
         missing = [k for k in missing if not k.startswith("encoder.pooler.")]
         if missing or unexpected:
@@ -309,7 +309,7 @@ def load_model(
                 hf = None
                 encoder = AutoModel.from_pretrained(str(p), **kw)
         except Exception as e:  # noqa: BLE001 - missing / truncated / mismatched weights -> one clear line
-            raise _weights_error(p, e) from None
+            raise _weights_error(p, e) from e
         id2label = getattr(config, "id2label", None) or {}
         default_labels = ([id2label.get(i, str(i)) for i in range(n)] if n > 1 else ["score"]) if is_cls else []
         adapter = get_adapter(config.model_type)

@@ -21,6 +21,7 @@ Degenerate cases fall out of the same code: no exit allowed -> one segment; a on
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -332,14 +333,15 @@ def probe_feeds(inputs: list[dict[str, Any]], hidden: int, vocab: int, seed: int
     b, s = 2, 9
     mask = np.ones((b, s), np.int64)
     mask[1, -3:] = 0
-    make = {"attention_mask": lambda: mask, "token_type_ids": lambda: np.zeros((b, s), np.int64),
-            "input_ids": lambda: rng.integers(0, vocab, (b, s)).astype(np.int64),
-            "inputs_embeds": lambda: rng.standard_normal((b, s, int(i_shape[-1]))).astype(np.float32) * 0.05,
-            HIDDEN_IN: lambda: rng.standard_normal((b, s, hidden)).astype(np.float32)}
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for i in inputs:
-        i_shape = i.get("shape", [hidden])
-        feeds[i["name"]] = make[i["name"]]()
+        name, width = i["name"], int(i.get("shape", [hidden])[-1]) if i["name"] == "inputs_embeds" else hidden
+        if name in (MASK, "token_type_ids"):
+            feeds[name] = mask if name == MASK else np.zeros((b, s), np.int64)
+        elif name == "input_ids":
+            feeds[name] = rng.integers(0, vocab, (b, s)).astype(np.int64)
+        else:  # inputs_embeds, hidden_states
+            feeds[name] = rng.standard_normal((b, s, width)).astype(np.float32) * (0.05 if name == "inputs_embeds" else 1)
     return feeds
 
 
@@ -371,14 +373,41 @@ def _call_seconds(hidden: int, seq: int, repeats: int = 200) -> float:
     return float(np.median(ts))
 
 
-def _step_overhead(runner: Any, texts: list[str], pairs: list[str] | None, graph_s: float, steps: int) -> float:
-    """The runner's own cost per step (feeds, outputs, exit decision, compaction) on this device: wall time
-    of a full-depth walk minus the graphs' measured time, per step."""
-    runner.predict(texts[:5], pairs[:5] if pairs else None)
-    t = time.perf_counter()
-    runner.predict(texts, pairs)
-    wall = (time.perf_counter() - t) / len(texts)
-    return max(0.0, (wall - graph_s) / steps)
+def walk_times(runner: Any, texts: list[str], pairs: list[str] | None) -> tuple[dict[str, float], float]:
+    """Each graph's median time inside the runner's own walk (full depth, batch 1, pre-tokenized held-out
+    examples), and the runner's own median cost per step on top (feeds, outputs, exit decision). Measured in
+    the walk, not in a loop over one graph: a layer's weights leave the caches while the others run, which a
+    tight loop hides (it measured half the time here). Medians: other load on the machine inflates means."""
+    encs = [runner.tokenizer([t], [p] if pairs else None) for t, p in zip(texts, pairs or texts, strict=True)]
+    real, names = runner.backend.run, dict[int, str]()
+    inside: dict[str, list[float]] = {}
+    total = [0.0]  # time inside backend.run for the current example
+
+    def timed(engine: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = time.perf_counter()
+        out = real(engine, feeds)
+        dt = time.perf_counter() - t
+        inside.setdefault(names.get(id(engine), ""), []).append(dt)
+        total[0] += dt
+        return out
+
+    for k, step in enumerate(runner.steps):
+        names[id(runner.cache.acquire(k))] = step.graph
+        runner.cache.release(k)
+    runner.backend.run = timed
+    try:
+        for e in encs[:5]:
+            runner.run_encoded(e)
+        inside.clear()
+        outside = []  # per example: wall time minus time inside the engines
+        for e in encs:
+            total[0] = 0.0
+            t = time.perf_counter()
+            runner.run_encoded(e)
+            outside.append(time.perf_counter() - t - total[0])
+    finally:
+        runner.backend.run = real
+    return {g: float(np.median(ts)) for g, ts in inside.items()}, float(np.median(outside)) / len(runner.steps)
 
 
 def _load_seconds(m: Any, be: Any, names: list[str], repeats: int = 5) -> dict[str, float]:
@@ -397,21 +426,18 @@ def _load_seconds(m: Any, be: Any, names: list[str], repeats: int = 5) -> dict[s
 
 def measure_costs(m: Any, source: str, texts: list[str], pairs: list[str] | None, backend: str,
                   streaming: bool, repeats: int = 20) -> tuple[Costs, dict[str, Any]]:
-    """Per-graph run (and load) time of ``source`` at batch 1 and the holdout's median length, per-call and
-    per-step overhead: the plan's cost table. Returns (costs, the measurement record)."""
+    """Per-graph run (and load) time of ``source`` in the runner's walk at batch 1 on held-out examples, per-call
+    and per-step overhead: the plan's cost table. Returns (costs, the measurement record)."""
     from nanotrt.runtime.backend import get_backend
-    from nanotrt.runtime.profile import measure
+    from nanotrt.runtime.profile import machine
     from nanotrt.runtime.runner import Runner
 
     sched = m.schedule(source)
-    with Runner(m, get_backend(backend), exit="none", variant=source) as runner:
+    with Runner(m, get_backend(backend), exit="none", variant=source, own_backend=True) as runner:  # all resident
         seq = int(np.median([len(runner.tokenizer([t], [p] if pairs else None)["input_ids"][0])
                              for t, p in zip(texts, pairs or texts, strict=True)]))
-        doc = measure(m, get_backend(backend), source, streaming, "plan", (1,), (seq,), repeats)
-        run = {g: v["runs"][f"1x{seq}"]["p50_ms"] / 1000 for g, v in doc["graphs"].items()}
-        load = _load_seconds(m, get_backend(backend), sched.names()) if streaming else dict.fromkeys(run, 0.0)
-        walk = [st.graph for st in sched.steps()]
-        step = _step_overhead(runner, texts[:200], pairs[:200] if pairs else None, sum(run[g] for g in walk), len(walk))
+        run, step = walk_times(runner, texts[:300], pairs[:300] if pairs else None)
+    load = _load_seconds(m, get_backend(backend), sched.names()) if streaming else dict.fromkeys(run, 0.0)
     call = _call_seconds(int(m.data["hidden_size"]), seq) if backend == "onnxruntime" else 0.0
     net = {g: max(0.0, t - call) for g, t in run.items()}
     costs = Costs(net[sched.embeddings], [net[g] for g in sched.layers], [net[g] for g in sched.ramps],
@@ -419,7 +445,7 @@ def measure_costs(m: Any, source: str, texts: list[str], pairs: list[str] | None
                   [load[g] for g in sched.ramps], streaming)
     return costs, {"seq": seq, "call_ms": call * 1000, "step_overhead_ms": step * 1000,
                    "graph_ms": {g: t * 1000 for g, t in run.items()}, "load_ms": {g: t * 1000 for g, t in load.items()},
-                   "machine": doc["machine"]}
+                   "machine": machine(), "load_average": os.getloadavg()}
 
 
 # --- the command ------------------------------------------------------------------------------------------
@@ -546,12 +572,16 @@ def make_plan(artifact: str | Path, max_loss: float = 0.5, memory_budget: str | 
     costs, measured = measure_costs(m, source, split.texts, split.pairs, backend, streaming)
     costs.emb_alone = emb_alone
     specs = candidates(m.task_type, m.num_layers, probs is not None, FAMILIES) if exits else []
-    choice, tried = choose_plan(h, costs, fits, specs, point_passing(h, max_loss))
+    passing = point_passing(h, max_loss)
+    choice, tried = choose_plan(h, costs, fits, specs, passing)
+    # what it replaces: every ramp live, one call per layer, the fastest rule that passes on all ramps
     per_layer = [Segment(i, i + 1, True) for i in range(m.num_layers)]
+    full = h.score(logits[:, -1])
+    per_layer_ms = 1000 * min(replay(h, costs, per_layer, s, full).seconds for s in ["none", *passing(specs, None)])
     record = {"source": source, "task": t.name, "task_metric": t.main_metric, "holdout": holdout, "max_loss": max_loss,
               "exits": exits, "memory_budget": memory_budget or "all", "budget_bytes": budget or 0, "streaming": streaming,
               "full_depth": h.score(logits[:, -1]), **choice.as_dict(), "live_ramps": [i + 1 for i in choice.live],
-              "per_layer_predicted_ms": replay(h, costs, per_layer, choice.exit, h.score(logits[:, -1])).seconds * 1000,
+              "per_layer_predicted_ms": per_layer_ms,
               "measured": measured, "tried": [c.as_dict() for c in tried], "date": time.strftime("%Y-%m-%d %H:%M")}
     if write:
         spec = registry.plan_of(source)

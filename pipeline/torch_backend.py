@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from nanotrt.runtime.artifact import Manifest
-from nanotrt.runtime.backend import Backend
+from nanotrt.runtime.backend import Backend, check_threads
 from nanotrt.runtime.errors import NanotrtError
 
 
@@ -28,6 +28,7 @@ class TorchBackend(Backend):
     def __init__(self, threads: int | None = None):
         import torch
 
+        check_threads(threads)
         self._torch = torch
         if threads:
             torch.set_num_threads(threads)

@@ -218,8 +218,8 @@ def resolve_device(name: str) -> torch.device:
         raise NanotrtError(f"--device {name}: this torch has no CUDA device; use --device cpu (or auto)")
     try:
         return torch.device(name)
-    except RuntimeError:
-        raise NanotrtError(f"unknown device '{name}': use auto, cpu or cuda[:N]") from None
+    except RuntimeError as e:
+        raise NanotrtError(f"unknown device '{name}': use auto, cpu or cuda[:N]") from e
 
 
 def check_config(cfg: TrainConfig) -> None:

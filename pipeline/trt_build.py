@@ -47,16 +47,16 @@ def require_builder() -> Any:
     drives it; one clear line for whatever is missing."""
     try:
         import tensorrt as trt
-    except ImportError:
-        raise NanotrtError(te.INSTALL_HINT) from None
+    except ImportError as e:
+        raise NanotrtError(te.INSTALL_HINT) from e
     if not hasattr(trt, "Builder"):
         raise NanotrtError(te.INSTALL_HINT + " (building plans needs the full `tensorrt` package, not only "
                            "the lean runtime)")
     te.check_version(str(trt.__version__))
     try:
         import polygraphy
-    except ImportError:
-        raise NanotrtError("building TensorRT plans needs Polygraphy: pip install 'nanotrt[tensorrt-build]'") from None
+    except ImportError as e:
+        raise NanotrtError("building TensorRT plans needs Polygraphy: pip install 'nanotrt[tensorrt-build]'") from e
     have = tuple(int(x) for x in str(polygraphy.__version__).split(".")[:3] if x.isdigit())
     if have < POLYGRAPHY_MIN:
         raise NanotrtError(f"Polygraphy {polygraphy.__version__} is too old for TensorRT {trt.__version__} "
@@ -71,8 +71,8 @@ def require_builder() -> Any:
 def parse_shape(text: str) -> Shape:
     try:
         b, s = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise NanotrtError(f"cannot read shape '{text}': use BATCHxSEQ, e.g. 8x128") from None
+    except ValueError as e:
+        raise NanotrtError(f"cannot read shape '{text}': use BATCHxSEQ, e.g. 8x128") from e
     if b < 1 or s < 1:
         raise NanotrtError(f"shape '{text}' must be positive: use BATCHxSEQ, e.g. 8x128")
     return b, s

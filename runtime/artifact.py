@@ -100,9 +100,9 @@ class Manifest:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise NanotrtError(f"{path} is not valid JSON ({e}): re-run `nanotrt export`") from None
+            raise NanotrtError(f"{path} is not valid JSON ({e}): re-run `nanotrt export`") from e
         except OSError as e:
-            raise NanotrtError(f"cannot read {path} ({e.strerror}): check its permissions") from None
+            raise NanotrtError(f"cannot read {path} ({e.strerror}): check its permissions") from e
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise NanotrtError(f"{path} is not a nanotrt manifest: re-run `nanotrt export`")
         if data.get("format_version") != FORMAT_VERSION:
@@ -211,10 +211,10 @@ class Manifest:
                 if self._verified.get(str(f)) == stamp:  # hashing 28 MB per swap would cost more than the load
                     continue
                 ok = st.st_size == size and sha256_file(f) == sha
-            except OSError:  # missing, or deleted / unreadable between the checks
+            except OSError as e:  # missing, or deleted / unreadable between the checks
                 self._verified.pop(str(f), None)
                 raise NanotrtError(f"graph file {f} listed in the manifest is missing or unreadable: "
-                                   "re-run `nanotrt export` / `nanotrt build`") from None
+                                   "re-run `nanotrt export` / `nanotrt build`") from e
             if not ok:
                 self._verified.pop(str(f), None)
                 raise NanotrtError(
@@ -338,7 +338,7 @@ def validate(data: Any, path: Path) -> None:
         _check(data)
     except ValueError as e:
         raise NanotrtError(f"{path} is not a valid nanotrt manifest: {e}; restore it or re-run `nanotrt export`"
-                           ) from None
+                           ) from e
 
 
 def new_manifest(root: Path, **fields: Any) -> Manifest:

@@ -350,7 +350,7 @@ def parse_exit(spec: str | ExitPolicy | None, task_type: str = "classification",
             policy = _build(items)
         except ValueError as e:
             what = "" if str(e) in ("keys", "value", "combination") else "bad number, "
-            raise NanotrtError(f"cannot read exit policy '{spec}': {what}use {SPECS}") from None
+            raise NanotrtError(f"cannot read exit policy '{spec}': {what}use {SPECS}") from e
     policy.validate(num_layers)
     if task_type == "regression" and not policy.regression_ok:
         raise NanotrtError(f"exit policy '{policy.spec}' needs class probabilities; for regression use "

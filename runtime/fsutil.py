@@ -50,7 +50,7 @@ def _disk_full_as_error(target: Path) -> Iterator[None]:
         yield
     except OSError as e:
         if e.errno in DISK_FULL:
-            raise disk_full_error(target) from None
+            raise disk_full_error(target) from e
         raise
 
 

@@ -59,13 +59,17 @@ def cpu_name() -> str:
     return platform.processor()
 
 
+LIBRARIES = ("onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "tokenizers", "torch", "transformers")
+
+
 def machine() -> dict[str, Any]:
-    """What the numbers depend on: CPU model and count, OS, Python, the backend libraries."""
+    """What the numbers depend on: CPU model and count, OS, Python, the installed libraries that run or
+    feed the models. The one description of a machine: profiles and every benchmark report record it."""
     import importlib.metadata as md
 
     cpu = cpu_name()
     libs = {}
-    for lib in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy"):
+    for lib in LIBRARIES:
         try:
             libs[lib] = md.version(lib)
         except md.PackageNotFoundError:
@@ -92,7 +96,7 @@ class DeviceProfile:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise NanotrtError(f"cannot read the device profile {path} ({e}): re-run `nanotrt profile`") from None
+            raise NanotrtError(f"cannot read the device profile {path} ({e}): re-run `nanotrt profile`") from e
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise NanotrtError(f"{path} is not a nanotrt device profile of version {FORMAT_VERSION}: "
                                "re-run `nanotrt profile`")
@@ -242,19 +246,18 @@ def run_profile(artifact: str | Path, backend: str = "onnxruntime", precision: s
                 tick: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """Measure and write the device profile of ``artifact``; returns (path, document)."""
     from nanotrt.runtime.backend import get_backend
-    from nanotrt.runtime.runner import resolve_budget
+    from nanotrt.runtime.runner import engines_swapped, resolve_budget, runner_variant
 
     if repeats < 1:
         raise NanotrtError("--repeats must be >= 1")
     m = Manifest.load(artifact)
-    options: dict[str, Any] = {"threads": threads} if threads and backend == "onnxruntime" else {}
+    options: dict[str, Any] = {"threads": threads} if threads is not None and backend == "onnxruntime" else {}
     be = get_backend(backend, **options)
     try:
-        v = m.resolve_variant(variant, precision, be.name)  # the runner's rule
-        sched = m.schedule(v)
-        budget = resolve_budget(memory_budget, m, v)
-        total = sum(int(m.graphs[n]["bytes"]) for n in sched.names())
-        doc = measure(m, be, v, budget is not None and budget < total, memory_budget,
+        v = runner_variant(m, variant, precision, be.name, memory_budget)  # the runner's rule
+        reserved = be.reserve(m, m.schedule(v).names())  # as the runner does: part of the budget
+        budget = resolve_budget(memory_budget, m, v, reserved)
+        doc = measure(m, be, v, engines_swapped(m, v, budget, reserved), memory_budget,
                       _ints(batches, "batch sizes"), _ints(seqs, "sequence lengths"), repeats, tick)
     finally:
         be.close()

@@ -11,12 +11,23 @@ bytes (``reserve_activations``) before walking it, and engines get what is left.
 Invariants: bytes of resident + in-flight engines + reserved activations never exceed the budget; a graph in
 use is never released; a graph being prefetched is never run before its load finished (callers wait on its
 future).
+
+Locking: one lock guards the slots and the stats. Loads and releases (milliseconds: a session build, a
+session teardown) run outside it, so the prefetch thread finishing a load never waits for the runner's load
+and the other way round. Only the runner's thread admits work (acquire, prefetch, reserve_activations): it
+evicts under the lock (the bytes leave the accounting), releases the victims outside it, then loads, so
+the memory held never runs ahead of the accounting.
+
+Fork: a child made by ``fork()`` has no prefetch thread; every live cache gets a new lock and executor
+there (``os.register_at_fork``), and loads that were in flight in the parent are forgotten.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -65,15 +76,22 @@ class ResidencyCache:
         self.slots: dict[str, _Slot] = {}
         self.activation_bytes = 0
         self.stats = CacheStats()
+        # The runner refuses a budget below its largest graph with the minimum in the message.
+        assert budget is None or budget >= max(self.sizes.values()), "budget below the largest graph"
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanotrt-prefetch") if prefetch else None
-        if budget is not None and max(self.sizes.values()) > budget:
-            biggest = max(self.sizes, key=self.sizes.__getitem__)
-            raise NanotrtError(
-                f"memory budget {fmt_bytes(budget)} is smaller than the largest graph ({biggest}, "
-                f"{fmt_bytes(self.sizes[biggest])}) plus the working set: use at least "
-                f"{fmt_bytes(self.sizes[biggest])} of engine budget"
-            )
+        self._pool = _executor() if prefetch else None
+        _LIVE.add(self)
+
+    def _after_fork(self) -> None:
+        """In a fork()ed child: the parent's prefetch thread and whoever held the lock do not exist here."""
+        self._lock = threading.Lock()
+        for name in [n for n, s in self.slots.items() if s.engine is None]:  # loading in the parent: never lands
+            del self.slots[name]
+        for slot in self.slots.values():
+            slot.in_use, slot.future = 0, None
+        self.activation_bytes = 0
+        if self._pool is not None:
+            self._pool = _executor()
 
     # --- accounting ------------------------------------------------------------------------
     @property
@@ -90,11 +108,12 @@ class ResidencyCache:
         """Steps from the cursor to the next use of ``name`` in the cyclic walk."""
         return min((p - self.cursor) % self.length for p in self.positions[name])
 
-    def _make_room(self, need: int, horizon: int | None) -> bool:
+    def _make_room(self, need: int, horizon: int | None) -> list[Any] | None:
         """Evict idle engines (farthest next use first) until ``need`` bytes fit. With ``horizon``, only
-        engines used later than it may go. Called with the lock held; releases happen outside it."""
+        engines used later than it may go. Called with the lock held; returns the evicted engines, which the
+        caller releases (``_release``) after dropping the lock, or None when the room cannot be made."""
         if self.budget is None:
-            return True
+            return []
         idle = [n for n, s in self.slots.items() if s.in_use == 0 and s.future is None]
         idle.sort(key=self._distance, reverse=True)
         free = self.budget - self.activation_bytes - self.resident_bytes
@@ -107,19 +126,22 @@ class ResidencyCache:
             victims.append(n)
             free += self.slots[n].nbytes
         if free < need:
-            return False
-        for n in victims:
-            slot = self.slots.pop(n)
-            self.backend.release(slot.engine)
-            self.stats.releases += 1
-        return True
+            return None
+        self.stats.releases += len(victims)
+        return [self.slots.pop(n).engine for n in victims]
+
+    def _release(self, engines: list[Any]) -> None:
+        for engine in engines:  # outside the lock
+            self.backend.release(engine)
 
     def _load(self, name: str) -> Any:
+        """Load outside the lock (runner thread or prefetch thread); the stats under it."""
         t = time.perf_counter()
         engine = self.backend.load(self.manifest, name)
-        self.stats.load_s += time.perf_counter() - t
-        self.stats.loads += 1
-        self.stats.bytes_loaded += self.sizes[name]
+        with self._lock:
+            self.stats.load_s += time.perf_counter() - t
+            self.stats.loads += 1
+            self.stats.bytes_loaded += self.sizes[name]
         return engine
 
     # --- API for the runner ----------------------------------------------------------------
@@ -129,42 +151,42 @@ class ResidencyCache:
         name = self.order[pos]
         self.cursor = pos
         t = time.perf_counter()
+        victims: list[Any] | None = None
         while True:
             with self._lock:
                 slot = self.slots.get(name)
-                if slot is not None or self._make_room(self.sizes[name], None):
+                if slot is None:
+                    victims = self._make_room(self.sizes[name], None)
+                    if victims is not None:  # room made: the slot is ours, loaded below outside the lock
+                        slot = self.slots[name] = _Slot(self.sizes[name])
+                        self._note_peaks()
+                if slot is not None:  # resident, being prefetched, or ours to load
+                    slot.in_use += 1
+                    future = slot.future
                     break
                 pending = [s.future for s in self.slots.values() if s.future is not None]
             if not pending:
                 raise NanotrtError("memory budget exhausted by engines in use: raise --memory-budget")
             wait(pending)  # a prefetch holds the room; once loaded it can be evicted
-        with self._lock:
-            slot = self.slots.get(name)
-            if slot is None:
-                if not self._make_room(self.sizes[name], None):
-                    raise NanotrtError("memory budget exhausted by engines in use: raise --memory-budget")
-                slot = self.slots[name] = _Slot(self.sizes[name])
-                self._note_peaks()
-                slot.in_use += 1
-                try:
-                    slot.engine = self._load(name)
-                except BaseException:
-                    self.slots.pop(name, None)
-                    raise
-                self.stats.wait_s += time.perf_counter() - t
-                return slot.engine
-            slot.in_use += 1
-            future = slot.future
-        if future is not None:
-            try:
-                future.result()
-            except BaseException:
+        try:
+            if victims is not None:
+                self._release(victims)  # before the load: memory held stays within the accounting
+                engine = self._load(name)
                 with self._lock:
-                    self.slots.pop(name, None)
-                raise
-            finally:
-                self.stats.wait_s += time.perf_counter() - t
+                    slot.engine = engine
+            elif future is not None:
+                future.result()
+        except BaseException:
+            with self._lock:
+                self.slots.pop(name, None)
+            raise
+        finally:
+            self._add_wait(time.perf_counter() - t)
         return slot.engine
+
+    def _add_wait(self, seconds: float) -> None:
+        with self._lock:
+            self.stats.wait_s += seconds
 
     def release(self, pos: int) -> None:
         """The runner is done with step ``pos`` for now; the engine stays resident until room is needed."""
@@ -184,12 +206,15 @@ class ResidencyCache:
                     self._note_peaks()
                     return
                 old, self.activation_bytes = self.activation_bytes, nbytes
-                ok = self._make_room(0, None)
-                if ok:
+                victims = self._make_room(0, None)
+                if victims is not None:
                     self._note_peaks()
-                    return
-                self.activation_bytes = old
-                pending = [s.future for s in self.slots.values() if s.future is not None]
+                else:
+                    self.activation_bytes = old
+                    pending = [s.future for s in self.slots.values() if s.future is not None]
+            if victims is not None:
+                self._release(victims)
+                return
             if not pending:
                 raise NanotrtError(f"memory budget {fmt_bytes(self.budget)} cannot hold {fmt_bytes(nbytes)} of "
                                    "activations next to the engines in use: raise --memory-budget or lower the batch size")
@@ -204,11 +229,19 @@ class ResidencyCache:
         with self._lock:
             if name in self.slots:
                 return
-            if not self._make_room(self.sizes[name], horizon=self._distance(name)):
+            victims = self._make_room(self.sizes[name], horizon=self._distance(name))
+            if victims is None:
                 return
             slot = self.slots[name] = _Slot(self.sizes[name])
             self._note_peaks()
             self.stats.prefetches += 1
+        try:
+            self._release(victims)  # before the load starts: memory held stays within the accounting
+        except BaseException:
+            with self._lock:
+                self.slots.pop(name, None)
+            raise
+        with self._lock:  # the job's own bookkeeping waits for this lock: the future is set first
             slot.future = self._pool.submit(self._prefetch_job, name, slot)
 
     def _prefetch_job(self, name: str, slot: _Slot) -> None:
@@ -221,19 +254,15 @@ class ResidencyCache:
                     self.slots.pop(name, None)
 
     def clear(self) -> None:
-        """Release every engine (waiting for in-flight prefetches first)."""
-        for slot in list(self.slots.values()):
-            if slot.future is not None:
-                try:
-                    slot.future.result()
-                except BaseException:  # noqa: BLE001, S110 - already reported to whoever acquired it
-                    pass
+        """Release every engine (waiting for in-flight prefetches first; a failed one was already reported
+        to whoever acquired it, and its job removed its slot). A load cancelled by ``close`` never starts:
+        its future is never notified, so it is not waited for."""
+        wait([s.future for s in list(self.slots.values()) if s.future is not None and not s.future.cancelled()])
         with self._lock:
-            for name in list(self.slots):
-                slot = self.slots.pop(name)
-                if slot.engine is not None:
-                    self.backend.release(slot.engine)
-                    self.stats.releases += 1
+            engines = [s.engine for s in self.slots.values() if s.engine is not None]
+            self.stats.releases += len(engines)
+            self.slots.clear()
+        self._release(engines)
         trim_heap()  # give the memory back to the OS now that nothing is resident
 
     def close(self) -> None:
@@ -242,6 +271,23 @@ class ResidencyCache:
             self._pool = None
         self.clear()
 
+
+_LIVE: weakref.WeakSet[ResidencyCache] = weakref.WeakSet()
+
+
+def _executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanotrt-prefetch")
+
+
+def _reinit_after_fork() -> None:
+    # Without this a child's first prefetch hangs: the executor believes its (parent's) worker is idle and
+    # starts no thread, so the queued load never runs.
+    for cache in list(_LIVE):
+        cache._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 

@@ -14,9 +14,11 @@ Device-side: imports numpy, tokenizers and the chosen backend only (no torch, no
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,7 @@ from nanotrt.runtime.backend import Backend, get_backend
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.exits import ExitPolicy, FixedDepth, StepContext, bind_policy, parse_exit, softmax
 from nanotrt.runtime.residency import ResidencyCache, fmt_bytes, parse_size
-from nanotrt.runtime.tokenize import Tokenizer
+from nanotrt.runtime.tokenize import Tokenizer, check_texts
 
 MODES = ("auto", "latency", "block")
 MAX_BLOCK = 512  # examples per block when the budget would allow more: loads are amortized long before
@@ -61,10 +63,6 @@ class RunStats:
     @property
     def avg_exit_layer(self) -> float:
         return self.layers_executed / max(self.samples, 1)
-
-    @property
-    def peak_engine_bytes(self) -> int:
-        return int(self.cache.get("peak_resident_bytes", 0))
 
     @property
     def peak_activation_bytes(self) -> int:
@@ -172,21 +170,63 @@ def _serialized(fn: _F) -> _F:
         with lock:
             return fn(self, *args, **kwargs)
     return call  # type: ignore[return-value]
+
+
+# A fork()ed child inherits the lock as the parent held it (held forever if another thread was inside a call);
+# every live runner gets a fresh one there. (The residency cache re-creates its prefetch thread the same way.)
+_LIVE: weakref.WeakSet[Runner] = weakref.WeakSet()
+
+
+def _locks_after_fork() -> None:
+    for r in list(_LIVE):
+        r.__dict__["_call_lock"] = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_locks_after_fork)
 # --- end thread safety ---------------------------------------------------------------------------
 
 
+def runner_variant(manifest: Manifest, variant: str | None, precision: str, backend: str,
+                   memory_budget: str | int | None) -> str:
+    """The variant a runner with these settings runs (`nanotrt profile` measures the same one). Nlayers budgets
+    count per-layer graphs, so they resolve before the variant (and a plan) is chosen."""
+    planned = manifest.resolve_variant(variant, precision, backend)
+    return manifest.resolve_variant(variant, precision, backend, resolve_budget(memory_budget, manifest, planned))
+
+
+def engines_swapped(manifest: Manifest, variant: str, budget: int | None, reserved: int = 0) -> bool:
+    """Whether ``budget`` swaps engines: it cannot hold every graph of the walk next to one full-length
+    example's activations and the backend's working set. The runner and `nanotrt profile` both ask this."""
+    if budget is None:
+        return False
+    graphs = dict.fromkeys(s.graph for s in manifest.schedule(variant).steps())
+    full = Activations.from_manifest(manifest).block([(1, int(manifest.tokenizer.get("max_length", 128)))])
+    return budget < sum(int(manifest.graphs[n]["bytes"]) for n in graphs) + full + reserved
+
+
 class Runner:
+    """Streams an artifact's engines through a backend. ``own_backend``: close the backend with the runner
+    (``from_artifact`` sets it for a backend it made from a name; a backend object passed in stays the
+    caller's, as in Polygraphy's runners). Construction that fails releases what it made; after ``close()``
+    (final, idempotent) every call is an error."""
+
     def __init__(self, manifest: Manifest, backend: Backend, memory_budget: str | int | None = "all",
                  exit: str | ExitPolicy | None = None, variant: str | None = None, prefetch: bool = True,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", own_backend: bool = False):
+        self.backend, self.own_backend, self.closed = backend, own_backend, False
+        try:
+            self._setup(manifest, backend, memory_budget, exit, variant, prefetch, precision)
+        except BaseException:
+            self._release()
+            raise
+        _LIVE.add(self)
+
+    def _setup(self, manifest: Manifest, backend: Backend, memory_budget: str | int | None,
+               exit: str | ExitPolicy | None, variant: str | None, prefetch: bool, precision: str) -> None:
         self.manifest = manifest
-        self.backend = backend
-        # Nlayers budgets count per-layer graphs, so they resolve before the variant (and a plan) is chosen.
-        planned = manifest.resolve_variant(variant, precision, backend.name)
-        self.variant = manifest.resolve_variant(variant, precision, backend.name,
-                                                resolve_budget(memory_budget, manifest, planned))
+        self.variant = runner_variant(manifest, variant, precision, backend.name, memory_budget)
         self.schedule = manifest.schedule(self.variant)
-        # exit=None: the artifact's calibrated default (`nanotrt calibrate-exit`), else full depth.
         # exit=None: the variant's own (a plan's rule, re-chosen on its live ramps), else the artifact's.
         info = manifest.data["variants"][self.variant]
         self.exit_source, default = next((src, rule) for src, rule in (
@@ -210,11 +250,8 @@ class Runner:
         self.budget = resolve_budget(memory_budget, manifest, self.variant, self.reserved)
         sizes = {name: int(manifest.graphs[name]["bytes"]) for name in order}
         self.largest = max(sizes.values())
-        # Engines get swapped when the budget cannot hold all of them next to one full-length example.
-        full = self.acts.block([(1, self.tokenizer.max_length)])
-        self.streaming = self.budget is not None and self.budget < sum(sizes.values()) + full + self.reserved
+        self.streaming = engines_swapped(manifest, self.variant, self.budget, self.reserved)
         if self.budget is not None and self.budget < self.reserved + self.largest + self.acts.block([(1, 1)]):
-            backend.close()
             raise NanotrtError(f"memory budget {fmt_bytes(self.budget)} is smaller than the largest graph plus "
                                f"activations plus the backend's working set ({fmt_bytes(self.reserved)}: scratch "
                                f"and I/O buffers): use at least {fmt_bytes(self._minimum(self.tokenizer.max_length))} "
@@ -243,8 +280,10 @@ class Runner:
                       variant: str | None = None, prefetch: bool = True, precision: str = "fp32",
                       **backend_options: Any) -> Runner:
         manifest = Manifest.load(artifact)
-        be = get_backend(backend, **backend_options) if isinstance(backend, str) else backend
-        return cls(manifest, be, memory_budget, exit, variant, prefetch, precision)
+        if not isinstance(backend, str):
+            return cls(manifest, backend, memory_budget, exit, variant, prefetch, precision)
+        be = get_backend(backend, **backend_options)  # made here: the runner owns it (and frees it on error)
+        return cls(manifest, be, memory_budget, exit, variant, prefetch, precision, own_backend=True)
 
     def describe_plan(self) -> dict[str, Any] | None:
         """A plan variant's segments, live ramps and predicted latency (None for per-layer variants)."""
@@ -353,6 +392,7 @@ class Runner:
                     stats: RunStats | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run one tokenized batch. Returns logits of each sample's exit ramp [B, L], its exit layer [B]
         (1-based) and every ramp's logits [B, layers, L] (NaN after the exit)."""
+        self._check_open()
         stats = stats or RunStats()
         if len(stats.layer_time_s) < self.n:
             stats.layer_time_s = [0.0] * self.n
@@ -415,6 +455,7 @@ class Runner:
         walks each micro-batch through all layers; ``block`` walks blocks of up to ``block_size`` examples
         (default: what the budget allows, at most MAX_BLOCK) layer by layer; ``auto`` picks block when
         engines are swapped and there are more inputs than one micro-batch. Same predictions either way."""
+        self._check_open()
         if isinstance(texts, str):
             texts = [texts]
         if batch_size < 1:
@@ -427,7 +468,10 @@ class Runner:
         stats = RunStats(layer_time_s=[0.0] * self.n, mode=mode)
         out = self._outputs(len(texts), self.n, len(self.labels))
         # Micro-batches of similar length pad less: walk the inputs shortest first (characters stand in for
-        # tokens), then put the results back in the caller's order.
+        # tokens), then put the results back in the caller's order. Inputs are checked in the caller's order.
+        check_texts(texts)
+        if pairs is not None:
+            check_texts(pairs, "pair")
         order = np.argsort([len(t) + len(p) for t, p in zip(texts, pairs or [""] * len(texts), strict=True)],
                            kind="stable") if batch_size > 1 else None
         if order is not None:
@@ -464,10 +508,26 @@ class Runner:
                                         [int(x) for x in ran.argmax(-1)]))
         return preds
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise NanotrtError("this Runner is closed: make a new one (Runner.from_artifact) to run again")
+
     @_serialized
     def close(self) -> None:
-        self.cache.close()
-        self.backend.close()
+        """Release the engines (and the backend if the runner owns it). Final: calls after it are errors;
+        closing again does nothing."""
+        if not self.closed:
+            self.closed = True
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            cache = self.__dict__.get("cache")  # absent when construction failed before it
+            if cache is not None:
+                cache.close()
+        finally:
+            if self.own_backend:
+                self.backend.close()
 
     def __enter__(self) -> Runner:
         return self

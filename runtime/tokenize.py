@@ -29,7 +29,7 @@ class Tokenizer:
             self._tok = HFTokenizer.from_file(str(path))
         except Exception as e:  # noqa: BLE001 - a damaged tokenizer.json -> one clear line
             raise NanotrtError(f"cannot read tokenizer file {path} ({str(e).splitlines()[0][:120]}): "
-                               "re-run `nanotrt export`") from None
+                               "re-run `nanotrt export`") from e
         n = self._tok.get_vocab_size(with_added_tokens=True)
         if vocab_size is not None and n > vocab_size:
             # Ids past the embedding table would index out of range (or read another token's row).

@@ -11,15 +11,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # make
 
 from tinymodels import FAMILIES, make_tiny  # noqa: E402
 
-# ORT's process-wide thread pool makes every later plain session of the process fail; the suite builds
-# and exports after running runners in one process, so runners here use per-session pools (the shared
-# pool is tested in child processes).
-os.environ.setdefault("NANOTRT_ORT_THREAD_POOL", "session")
+# The suite runs the default in-process: ORT's process-wide thread pool, created before the first test (the
+# fixture below), so every session built afterwards (export, build and calibration checks, quantization,
+# bench rows) meets it as it would in a user's process.
+os.environ.pop("NANOTRT_ORT_THREAD_POOL", None)
 
 # Committed, made by scripts/make_tiny_artifact.py: lets the runtime tests run in a core install (no torch).
 TINY_ARTIFACT = Path(__file__).parent / "fixtures" / "tiny-artifact"
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hi there", "A somewhat longer sentence, with punctuation!"]
 PAIRS = ["It was quick.", "Hello back to you, my friend, how are you doing today?", "Short."]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_thread_pool() -> None:
+    from nanotrt.engines.onnxruntime import OrtBackend
+
+    assert OrtBackend().shared_pool, "ORT's process-wide pool could not be created"
 
 
 @pytest.fixture(scope="session")

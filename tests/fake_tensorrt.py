@@ -331,9 +331,9 @@ class Engine:
 
         n = int.from_bytes(plan[8:12], "little")
         self.head = json.loads(plan[12:12 + n])
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(plan[12 + n:], so, providers=["CPUExecutionProvider"])
+        from nanotrt.engines.onnxruntime import session_options
+
+        self.session = ort.InferenceSession(plan[12 + n:], session_options(ort), providers=["CPUExecutionProvider"])
         self.cuda = cuda
         self.device_memory_size_v2 = int(self.head["scratch"])
         self.names = [s["name"] for s in self.head["inputs"]] + [s["name"] for s in self.head["outputs"]]

@@ -213,3 +213,21 @@ def test_cli_calibrate_and_profile(halting_art: Path, tmp_path: Path) -> None:
     p = _cli("profile", str(art), "--batches", "1", "--seqs", "8", "--repeats", "1")
     assert p.returncode == 0 and (art / "profile-fp32.json").is_file(), p.stderr
     assert np.isfinite(json.loads((art / "profile-fp32.json").read_text())["graphs"]["ramp_00"]["load_ms"])
+
+
+def test_recorder_keeps_exit_prob_per_micro_batch_in_block_mode(halting_art: Path) -> None:
+    """calibrate-exit's recorder on an artifact with halting heads, walked in blocks (several micro-batches
+    interleaved layer by layer): the same exit_prob as one micro-batch at a time (was an IndexError)."""
+    from nanotrt.pipeline.calibrate_exit import _Recorder
+    from nanotrt.runtime.artifact import Manifest
+    from nanotrt.runtime.runner import Runner
+
+    texts = ["The book was read by me.", "Him went there quickly", "what a day", "She sings.", "Go."] * 3
+    got = {}
+    for mode in ("latency", "block"):
+        rec = _Recorder(Manifest.load(halting_art).num_layers)
+        with Runner.from_artifact(halting_art, exit=rec, memory_budget="1layer") as r:
+            r.predict(texts, batch_size=2, mode=mode)
+        got[mode] = np.concatenate(rec.chunks)
+    assert not np.isnan(got["block"][:, :-1]).any()
+    np.testing.assert_allclose(got["block"], got["latency"], atol=1e-6)

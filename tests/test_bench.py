@@ -61,9 +61,7 @@ def test_bench_rows_and_report(bench_art: Path, tmp_path: Path) -> None:
     # runner rows run the best variant, as predict does; INT8 rows are held to the dynamic-INT8 one graph
     assert rows["full"]["variant"] == rows["exit-fp32"]["variant"] == "ort-fp32"
     assert rows["exit-int8"]["variant"] == "ort-int8" and rows["ort-whole-int8"]["precision"] == "int8"
-    assert rows["exit-int8"]["vs_ort"] == pytest.approx(rows["exit-int8"]["throughput"]
-                                                        / rows["ort-whole-int8"]["throughput"])
-    assert rows["exit-fp32"]["vs_ort"] == pytest.approx(rows["exit-fp32"]["throughput"] / rows["ort-whole"]["throughput"])
+    assert all(rows[k]["vs_ort"] is not None for k in ("exit-fp32", "exit-int8", "full"))  # values: add_ratios' test
     assert res["sweeps"]["ort-fp32"] and res["sweeps"]["ort-int8"]
     assert all(p["vs_ort"] is not None for pts in res["sweeps"].values() for p in pts)
     for ext in ("json", "md", "png"):
@@ -100,6 +98,7 @@ def test_bench_errors(bench_art: Path, tmp_path: Path) -> None:
     assert "--whole" in skipped["3 ORT one graph"] and "--torch-reference" in skipped["1 torch eager, full"]
     assert "nanotrt plan" in skipped["4 nanotrt full, no-exit plan"]  # its copy of the artifact is not there
     assert "Skipped" in (tmp_path / "bench-cola.md").read_text()
+    assert not (tmp_path / "bench-cola.png").exists()  # no sweep: no plot (and none announced)
     shutil.rmtree(art)
     shutil.copytree(bench_art, art)  # built by an older nanotrt: INT8 variants but no INT8 one graph
     man = json.loads((art / "manifest.json").read_text())
@@ -150,3 +149,24 @@ def test_cached_demo_artifact_gains_what_is_missing(bench_art: Path, tmp_path: P
     assert m.labels == ["unacceptable", "acceptable"] and "ort-int8-dynamic" in m.variants
     assert m.graphs["whole"] == man["graphs"]["whole"]  # not re-exported
     assert all(e == e for e in m.data["variants"]["ort-int8-dynamic"]["rel_error"].values())  # measured, not NaN
+
+
+def test_vs_ort_pairs_each_row_with_the_one_graph_of_its_precision() -> None:
+    """Ratios from known throughputs: FP32 rows against the FP32 one graph, INT8 rows against the dynamic-INT8
+    one graph, batched rows against nothing (the one graph runs batch 1), block rows against the one graph."""
+    from nanotrt.pipeline.benchreport import add_ratios
+
+    def r(key: str, precision: str, throughput: float, **kw: object) -> dict[str, object]:
+        return {"key": key, "precision": precision, "throughput": throughput, **kw}
+
+    rows = [r("torch-full", "fp32", 50.0), r("ort-whole", "fp32", 100.0), r("ort-whole-int8", "int8", 400.0),
+            r("exit-fp32", "fp32", 80.0), r("exit-int8", "int8", 300.0),
+            r("b-torch-full", "fp32", 200.0, batch_size=8), r("b-exit-int8", "int8", 1000.0, batch_size=8),
+            r("block-all", "int8", 200.0, batch_size=8, mode="block")]
+    sweep = {"ort-int8": [r("sweep", "int8", 100.0)]}
+    add_ratios(rows, sweep)
+    got = {x["key"]: (x["vs_ort"], x["wall_speedup"]) for x in rows}
+    assert got["exit-fp32"] == (0.8, 1.6) and got["exit-int8"] == (0.75, 6.0)
+    assert got["b-exit-int8"] == (None, 5.0)  # batched: against batched eager, no one-graph ratio
+    assert got["block-all"] == (0.5, 4.0)
+    assert sweep["ort-int8"][0]["vs_ort"] == 0.25

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import PAIRS, TEXTS, interrupt_on_call
+from nanotrt.engines.onnxruntime import session_options
 from nanotrt.pipeline.build import build
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.errors import NanotrtError
@@ -234,5 +235,5 @@ def test_dynamic_int8_quantizes_weights_shared_through_identity_nodes(tmp_path: 
     assert ops.count("MatMulInteger") == 2 and "Identity" not in ops and "MatMul" not in ops
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.onnx", "src.onnx"]  # no temp file left
     x = np.random.default_rng(1).standard_normal((1, 8)).astype(np.float32)
-    ref, got = (ort.InferenceSession(str(p)).run(None, {"x": x})[0] for p in (src, dst))
+    ref, got = (ort.InferenceSession(str(p), session_options(ort)).run(None, {"x": x})[0] for p in (src, dst))
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.05

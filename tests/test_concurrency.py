@@ -100,3 +100,32 @@ def test_interpreter_exit_with_runner_open_or_closed(close: bool) -> None:
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "done"
     assert p.stderr == "", p.stderr  # -X dev shows ResourceWarnings and unraisable exceptions
+
+
+def test_runner_that_streamed_works_in_a_forked_child() -> None:
+    """fork() after streaming: the child has no prefetch thread (and the lock may be held by a thread that is
+    not there); the runner re-creates both and gives the parent's results instead of hanging."""
+    code = (
+        "import json, os, signal, sys\n"
+        "from nanotrt.runtime.runner import Runner\n"
+        f"texts = {TEXTS[:6]!r}\n"
+        f"with Runner.from_artifact({str(TINY_ARTIFACT)!r}) as r:\n"
+        "    budget = r.largest + max(r.acts.block([r.tokenizer([t])['input_ids'].shape]) for t in texts)\n"
+        f"r = Runner.from_artifact({str(TINY_ARTIFACT)!r}, memory_budget=budget, prefetch=True)\n"
+        "parent = r.predict(texts, mode='latency')\n"
+        "assert r.cache.stats.releases and r.cache.stats.prefetches, 'the runner must stream'\n"
+        "r.cache.prefetch(3)\n"  # a load in flight at the fork
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    signal.alarm(60)\n"  # a hang ends the child with SIGALRM instead of the test's timeout
+        "    child = r.predict(texts, mode='latency')\n"
+        "    ok = child.exit_layers.tolist() == parent.exit_layers.tolist() and child.stats.cache['prefetches'] > 0\n"
+        "    r.close()\n"
+        "    os._exit(0 if ok else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(json.dumps(os.waitstatus_to_exitcode(status)))\n"
+        "r.close()\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "0", (p.stdout, p.stderr)  # -14: the child hung (SIGALRM)

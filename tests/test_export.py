@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import PAIRS, TEXTS, interrupt_on_call
+from nanotrt.engines.onnxruntime import session_options
 from nanotrt.pipeline.model import load_model
 from nanotrt.runtime.artifact import Manifest
 from nanotrt.runtime.errors import NanotrtError
@@ -22,7 +23,7 @@ ATOL = 1e-4  # fp32 ORT vs PyTorch eager, max abs diff
 
 
 def _sess(manifest: Manifest, name: str) -> ort.InferenceSession:
-    return ort.InferenceSession(str(manifest.path(name)), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(manifest.path(name)), session_options(ort), providers=["CPUExecutionProvider"])
 
 
 def _run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:

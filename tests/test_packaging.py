@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,17 +26,52 @@ HEAVY = ("torch", "transformers", "onnx", "onnxscript", "polygraphy", "matplotli
 LAYERS = ["nanotrt.runtime", "nanotrt.engines", "nanotrt.calibration", "nanotrt.pipeline", "nanotrt"]
 
 
+# A module named in a string: importlib.import_module("nanotrt.x.y"), a registry's "nanotrt.x.y:Class"
+# (only names of real modules count: "nanotrt.json" is a file).
+MODULE_PATH = re.compile(r"nanotrt(\.[A-Za-z_]\w*)+(:[A-Za-z_]\w*)?")
+
+
 def _imports(path: Path) -> list[tuple[str, bool]]:
-    """(imported module, at module level?) for every import statement in ``path``."""
+    """(imported module, at module level?) for every import in ``path``: import statements, calls of
+    importlib.import_module / __import__ with a literal name, and strings that are a nanotrt module path
+    (lazy registries name modules that way, out of sight of import statements)."""
     tree = ast.parse(path.read_text())
     top = set(map(id, tree.body))
+    lazy = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            for n in ast.walk(f)} - {id(tree)}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _import_call(n)]
+    named = {id(c.args[0]) for c in calls}  # their literal is counted once, as the call
+    docstrings = {id(b[0].value) for b in [tree.body] + [f.body for f in ast.walk(tree) if isinstance(
+        f, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))] if b and isinstance(b[0], ast.Expr)}
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out += [(a.name, id(node) in top) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.append((node.module, id(node) in top))
+        elif isinstance(node, ast.Call) and _import_call(node):
+            out.append((node.args[0].value, id(node) not in lazy))  # type: ignore[attr-defined]
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings | named
+              and MODULE_PATH.fullmatch(node.value) and node.value.split(":")[0] in _modules()):
+            out.append((node.value.split(":")[0], False))
     return out
+
+
+def _import_call(node: ast.Call) -> bool:
+    f = node.func
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+    return (name in ("import_module", "__import__") and bool(node.args) and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str))
+
+
+def test_import_graph_sees_string_imports(tmp_path: Path) -> None:
+    """The checks below would miss a module named in a string; this one shows they do not."""
+    f = tmp_path / "m.py"
+    f.write_text('"""nanotrt.pipeline.build"""\nimport importlib\n__import__("torch")\n'
+                 'TABLE = {"torch": "nanotrt.pipeline.torch_backend:TorchBackend"}\n'
+                 'def load():\n    return importlib.import_module("nanotrt.calibration.readers")\n')
+    assert sorted(_imports(f)) == [("importlib", True), ("nanotrt.calibration.readers", False),
+                                   ("nanotrt.pipeline.torch_backend", False), ("torch", True)]
 
 
 def _modules() -> dict[str, Path]:
@@ -79,6 +115,24 @@ def test_no_cycle_between_packages() -> None:
             if dst and dst != src and rank[dst] > rank[src]:
                 upward.append(f"{mod} -> {imp}")
     assert upward == []
+
+
+def test_offline_backend_registers_from_the_offline_side() -> None:
+    """The runtime names no offline module: `torch` exists once nanotrt.pipeline is imported, and asking for
+    it before says what to install and import; the device backends are there from `import nanotrt`."""
+    code = (
+        "from nanotrt.runtime.backend import backend_names, get_backend\n"
+        "from nanotrt.runtime.errors import NanotrtError\n"
+        "before = backend_names()\n"
+        "try:\n    get_backend('torch')\nexcept NanotrtError as e:\n    print(e)\n"
+        "import nanotrt.pipeline\n"
+        "print(before, backend_names())\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    message, names = p.stdout.strip().splitlines()
+    assert "'export' extra" in message and "import nanotrt.pipeline" in message
+    assert names == "['onnxruntime', 'tensorrt'] ['onnxruntime', 'tensorrt', 'torch']"
 
 
 def test_fresh_interpreter_device_import_loads_no_offline_stack() -> None:

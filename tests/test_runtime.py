@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from conftest import PAIRS, TEXTS, TINY_ARTIFACT
 from nanotrt.engines.onnxruntime import OrtBackend
+from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.backend import get_backend, register_backend
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.exits import parse_exit
 from nanotrt.runtime.runner import Runner
@@ -55,6 +57,7 @@ class CountingBackend(OrtBackend):
         self.budget = budget
         self.fail_on, self.exc = fail_on, exc
         self.lock = threading.Lock()
+        self.closed = 0
 
     def load(self, manifest: Any, name: str) -> Any:
         if name == self.fail_on:
@@ -70,6 +73,10 @@ class CountingBackend(OrtBackend):
         with self.lock:
             self.held -= engine.nbytes
         super().release(engine)
+
+    def close(self) -> None:
+        self.closed += 1
+        super().close()
 
 
 @pytest.mark.parametrize("fam", ["bert", "albert", "roberta"])
@@ -87,13 +94,22 @@ def test_smallest_budget_equals_all_resident(artifacts: dict[str, Path], fam: st
 
 @pytest.mark.parametrize("budget", ["1layer", "2layers", "200KB", "all"])
 def test_engine_bytes_never_exceed_budget(spiky: Path, budget: str) -> None:
-    r = Runner.from_artifact(spiky, memory_budget=budget)
-    be = CountingBackend(r.budget)
-    with Runner(r.manifest, be, memory_budget=budget, exit="patience=1") as runner:
+    m = Manifest.load(spiky)
+    be = CountingBackend()
+    with Runner(m, be, memory_budget=budget, exit="patience=1", own_backend=True) as runner:
+        be.budget = runner.budget  # checked by the backend itself on every load
         runner.predict(MANY, batch_size=3)
-        assert runner.cache.stats.peak_resident_bytes <= (runner.budget or 1 << 62)
+        runner.predict(MANY, batch_size=3)  # a second pass: "all" must load nothing again
+        graphs = sum(runner.cache.sizes.values())
+        if budget == "all":  # no budget: every graph loaded once and kept, nothing swapped
+            assert runner.budget is None and not runner.streaming
+            assert be.peak == runner.cache.stats.peak_resident_bytes == graphs
+            assert runner.cache.stats.loads == len(runner.cache.sizes) and runner.cache.stats.releases == 0
+        else:
+            assert runner.budget is not None and runner.cache.stats.peak_total_bytes <= runner.budget
+            assert be.peak <= runner.budget
+            assert runner.cache.stats.releases > 0 or budget != "200KB"  # below the model's 230 KB: swaps
     assert be.held == 0  # everything released on close
-    r.close()
 
 
 def test_budget_too_small_names_minimum(spiky: Path) -> None:
@@ -226,3 +242,64 @@ def test_memory_comes_back_after_release(tmp_path: Path) -> None:
     assert engine_bytes > 40e6
     assert loaded - before > 0.8 * engine_bytes, (before, loaded, engine_bytes)
     assert loaded - after > 0.8 * engine_bytes, (before, loaded, after)
+
+
+# --- lifecycle: ownership, failed construction, close --------------------------------------------------
+
+def test_runner_closes_only_the_backend_it_made(spiky: Path) -> None:
+    made: list[CountingBackend] = []
+    register_backend("counting", lambda **o: made.append(CountingBackend(**o)) or made[-1])
+    with Runner.from_artifact(spiky, backend="counting") as r:  # made from a name: the runner's
+        r.predict(MANY[:2])
+    assert made[0].closed == 1
+    mine = CountingBackend()
+    with Runner.from_artifact(spiky, backend=mine) as r:  # passed in: stays the caller's
+        r.predict(MANY[:2])
+    assert mine.closed == 0 and mine.held == 0  # engines released, backend left open
+    with Runner(Manifest.load(spiky), mine) as r:
+        r.predict(MANY[:2])
+    assert mine.closed == 0
+
+
+@pytest.mark.parametrize("bad", [{"memory_budget": "10KB"}, {"exit": "deadline=5ms,bogus=1"}, {"variant": "ort-int8"}])
+def test_failed_construction_releases_what_it_made(spiky: Path, bad: dict[str, Any]) -> None:
+    made: list[CountingBackend] = []
+    register_backend("counting", lambda **o: made.append(CountingBackend(**o)) or made[-1])
+    with pytest.raises(NanotrtError):
+        Runner.from_artifact(spiky, backend="counting", **bad)
+    assert made[0].closed == 1  # made by from_artifact: released with the error
+    mine = CountingBackend()
+    with pytest.raises(NanotrtError):
+        Runner.from_artifact(spiky, backend=mine, **bad)
+    assert mine.closed == 0  # the caller's: left to the caller
+    assert _prefetch_threads() == 0
+
+
+def test_closed_runner_refuses_calls_and_closes_once(spiky: Path) -> None:
+    made: list[CountingBackend] = []
+    register_backend("counting", lambda **o: made.append(CountingBackend(**o)) or made[-1])
+    r = Runner.from_artifact(spiky, backend="counting", memory_budget="2layers")
+    enc = r.tokenizer(MANY[:2])
+    r.predict(MANY[:2])
+    r.close()
+    r.close()  # idempotent
+    assert made[0].closed == 1 and made[0].held == 0
+    with pytest.raises(NanotrtError, match="closed"):
+        r.predict(MANY[:2])
+    with pytest.raises(NanotrtError, match="closed"):
+        r.run_encoded(enc)
+    with r:  # a with-block on a closed runner closes nothing twice
+        pass
+    assert made[0].closed == 1
+
+
+@pytest.mark.parametrize("threads", [0, -1, 5000, 2.5])
+def test_threads_out_of_range_is_one_clear_error(threads: Any) -> None:
+    with pytest.raises(NanotrtError, match=r"threads=.* out of range: use 1\.\.\d+"):
+        get_backend("onnxruntime", threads=threads)
+
+
+def test_cli_threads_out_of_range(spiky: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "nanotrt", "predict", str(spiky), "a text", "--threads", "5000"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "out of range" in p.stderr, p.stderr
