@@ -90,7 +90,7 @@ def feeds_for(m: Manifest, batch: int, seq: int, rng: np.random.Generator) -> di
     if seq > 1:
         mask[-1, seq // 2:] = 0
     sched = m.schedule("fp32")
-    table = np.load(m.verify(m.data["lookup"]), mmap_mode="r")
+    table = m.word_table()
     base = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
             "inputs_embeds": np.ascontiguousarray(table[ids], dtype=np.float32)}
     so = session_options(ort)  # also on ORT's shared pool when the process has one

@@ -5,6 +5,7 @@ the concurrency / property / reproducibility tests (run now) and the soak report
     NANOTRT_FAULT_TRIALS=12 NANOTRT_FAULT_LOG=/tmp/faults.jsonl flock /tmp/nanotrt-cpu.lock python -m pytest -m slow tests/test_faults.py
     flock /tmp/nanotrt-cpu.lock python benchmarks/soak.py
     flock /tmp/nanotrt-cpu.lock python benchmarks/int8_repro.py
+    flock /tmp/nanotrt-cpu.lock python benchmarks/predict_bounds.py --seconds 45
     flock /tmp/nanotrt-cpu.lock python -m pytest -q --junitxml=/tmp/full.xml
     python benchmarks/reliability_report.py --faults /tmp/faults.jsonl --junit /tmp/full.xml
 """
@@ -24,8 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
 GROUPS = [  # case-id prefix -> where the bad input enters
     (("artifact-", "manifest-", "variant-", "precision-", "graph-", "word-", "tokenizer-"), "predict: artifact on disk"),
+    (("contain-",), "predict: artifact naming files outside itself (sentinel FIFO never opened)"),
+    (("wrong-",), "predict: artifact well-formed but wrong"),
     (("no-input", "empty-", "whitespace-", "pair-", "text-", "file-", "stdin-"), "predict: texts, -f files, stdin"),
-    (("budget-", "batch-", "unknown-", "missing-", "backend-", "exit-"), "CLI arguments, budgets, exit policies"),
+    (("budget-", "batch-", "unknown-", "missing-", "backend-", "exit-", "threads-", "max-chars-"),
+     "CLI arguments, budgets, exit policies"),
+    (("export-over", "train-over"), "export, train: output folders (users' files never replaced)"),
     (("model-", "export-", "checkpoint-"), "export: model dirs, weights, tokenizers"),
     (("train-", "glue-"), "train: GLUE files and settings"),
     (("build-",), "build"),
@@ -83,7 +88,9 @@ def main() -> None:
               "fault_trials": faults, "other_tests": others,
               "soak": {k: v for k, v in soak.items() if k != "samples"},
               "soak_rss_mb": [s["rss_mb"] for s in soak["samples"]],
-              "int8_repro": json.loads(args.int8.read_text()) if args.int8.is_file() else None}
+              "int8_repro": json.loads(args.int8.read_text()) if args.int8.is_file() else None,
+              "bounds": json.loads((OUT / "predict_bounds.json").read_text())
+              if (OUT / "predict_bounds.json").is_file() else None}
     from nanotrt.runtime.fsutil import atomic_file, write_json
 
     write_json(OUT / "reliability.json", report)
@@ -147,6 +154,21 @@ def render(r: dict) -> str:  # type: ignore[type-arg]
                   "|---|---|---|---|---|---|"]
         lines += [f"| {k} | {v['identical_to_cached']} ({v['files']} files) | {v['max_rel_error']} | "
                   f"{v['kept_fp32'] or 'none'} | {v['mcc_x100']} | {v['avg_exit_layer']} |" for k, v in q["runs"].items()]
+    if r.get("bounds"):
+        b = r["bounds"]
+        lines += ["", f"## Input bounds (`benchmarks/predict_bounds.py`, {b['date']}, load average {b['loadavg']})", "",
+                  f"Demo MiniLM-L6 artifact, `--memory-budget 2layers` = {b['budget_mb']} MB. Peak RSS (VmHWM) of "
+                  "`nanotrt predict -f` on one line:", "", "| input | bytes | peak RSS MB | minus budget MB |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k} | {v['bytes']:,} | {v['peak_rss_mb']} | {round(v['peak_rss_mb'] - b['budget_mb'], 1)} |"
+                  for k, v in b["lines"].items()]
+        st = b["stream"]
+        rss = [x[2] for x in st["samples_t_lines_rss_mb"]]
+        lines += ["", f"`predict -f` over {st['lines_in_file']:,} lines: first result {st['first_result_s']:.2f} s after the "
+                  f"process started (one short `predict`, start to exit: {st.get('one_short_prediction_process_s')} s: "
+                  "interpreter, imports, artifact checks), "
+                  f"{st['lines_done']:,} lines printed in {st['elapsed_s']} s, RSS every second (MB): "
+                  f"{', '.join(str(x) for x in rss)}. Details: `predict_bounds.md`."]
     s = r["soak"]
     lines += ["", "## Soak", "",
               f"`flock /tmp/nanotrt-cpu.lock python benchmarks/soak.py`: {s['predictions']} predictions "

@@ -33,7 +33,9 @@ class CalibrationSet:
         self.task, self.split, self.size = task, split, size
         self._m, self._encoded = artifact, encoded
         self._sched = artifact.schedule(variant)
-        self._table = np.load(artifact.verify(artifact.data["lookup"]), mmap_mode="r")
+        table = artifact.word_table()  # verified, shape-checked, never unpickled
+        assert table is not None, "an exported artifact has its word table"
+        self._table = table
         self._graph: str | None = None  # the one graph whose feeds are resident
         self._feeds: list[Feeds] = []
         self._state = -1  # hidden states held: after the embeddings (0) and ``_state`` layers; -1: none
@@ -150,7 +152,7 @@ def collect(artifact: Manifest, split: Sentences, task: str, batch_size: int = 1
     each graph's feeds are made when it asks (``CalibrationSet.batches``)."""
     if len(split) == 0:
         raise NanotrtError("no calibration sentences: use --calib-size N with N >= 1 (default 512)")
-    tok = Tokenizer.from_manifest(artifact.root, artifact.tokenizer)
+    tok = Tokenizer.from_manifest(artifact)
     order = batch_order(split)
     encoded = []
     for s in range(0, len(order), batch_size):

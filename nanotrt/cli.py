@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import typer
 
 from nanotrt.extras import extra_for_module, missing_message, require
+from nanotrt.predict_io import Counts, Row, arg_rows, check_finite, file_rows, json_line, plain_line
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.fsutil import DISK_FULL
 
@@ -34,14 +36,19 @@ def export(
     num_labels: Annotated[int | None, typer.Option(help="labels for a plain HF model (1 = regression)")] = None,
     torch_reference: Annotated[bool, typer.Option(help="keep the PyTorch checkpoint for the torch backend")] = True,
     whole: Annotated[bool, typer.Option(help="also export the whole model as one graph (bench baseline)")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace -o even if it is a folder with files that is not "
+                                                        "an artifact (never without: nothing of yours is deleted)")] = False,
 ) -> None:
     """Cut a model into embeddings / layer / ramp ONNX graphs plus manifest.json."""
     require("export", "`nanotrt export`")
-    from nanotrt.pipeline.export import export_model
+    from nanotrt.pipeline.export import export_model, is_artifact
     from nanotrt.pipeline.model import load_model
+    from nanotrt.runtime.fsutil import check_output_dir
 
+    check_output_dir(out, is_artifact, force, "nanotrt artifact", keep=(model_dir,))  # before loading the model
     model = load_model(model_dir, num_labels=num_labels, pooling=pooling)
-    export_model(model_dir, out, max_length=max_length, model=model, include_checkpoint=torch_reference, whole=whole)
+    export_model(model_dir, out, max_length=max_length, model=model, include_checkpoint=torch_reference, whole=whole,
+                 force=force)
 
 
 @app.command()
@@ -67,9 +74,14 @@ def train(
     compute_penalty: Annotated[float | None, typer.Option(help="train halting heads; cost per full depth (e.g. 0.03-0.3); enables --exit learned=P")] = None,
     holdout: Annotated[int, typer.Option(help="train rows kept out of training for `nanotrt calibrate-exit`")] = 0,
     device: Annotated[str, typer.Option(help="auto (cuda if available) | cpu | cuda")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="replace -o even if it is a folder with files that is not "
+                                                        "a nanotrt checkpoint")] = False,
 ) -> None:
     """Train off-ramps on a GLUE task; prints and saves the dev metric of every ramp."""
     require("train", "`nanotrt train`")
+    from nanotrt.runtime.fsutil import check_output_dir
+
+    check_output_dir(out, lambda d: (d / "nanotrt.json").is_file(), force, "nanotrt checkpoint", keep=(model,))
     from nanotrt.pipeline.train import TrainConfig, print_ramp_table
     from nanotrt.pipeline.train import train as run_train
 
@@ -100,6 +112,7 @@ def build(
     version_compatible: Annotated[bool, typer.Option(help="TensorRT version-compatible plans (run on newer TensorRT of the same major)")] = False,
     exclude_lean_runtime: Annotated[bool, typer.Option(help="with --version-compatible: leave the lean runtime out of the plans (build and device then need $NANOTRT_TRT_LEAN_RUNTIME = path of libnvinfer_lean.so)")] = False,
     fused: Annotated[bool, typer.Option("--fused", help="also ort-*-fused: layer i and its ramp as one graph")] = False,
+    swap: Annotated[bool, typer.Option("--swap", help="also ort-*-swap: one session per layer structure, weights mapped per swap")] = False,
 ) -> None:
     """Add optimized / FP16 / INT8 engines for a backend to an artifact (atomic, idempotent)."""
     require("export", "`nanotrt build`")  # onnx for graph surgery and quantization
@@ -114,7 +127,7 @@ def build(
                                    version_compatible, exclude_lean_runtime).to_json()
     run_build(artifact, backend=backend, fp16=fp16, int8=int8, calib_task=calib_task, calib_size=calib_size,
               calib_method=calib_method, data_dir=data_dir, int8_tolerance=int8_tolerance, dynamic=dynamic,
-              trt_options=trt_options, fused=fused)
+              trt_options=trt_options, fused=fused, swap=swap)
 
 
 @app.command()
@@ -132,6 +145,7 @@ def bench(
 ) -> None:
     """Accuracy / speed / memory table: early exit vs PyTorch eager and one-graph ORT, on the same inputs."""
     require("bench", "`nanotrt bench`")
+    _check_threads(threads)
     from nanotrt.pipeline.benchreport import print_table, run_bench
 
     report = run_bench(task, artifact, exit=exit, budget=memory_budget, batch_size=batch_size, sweep=sweep,
@@ -148,69 +162,41 @@ def _offline_backend(backend: str) -> None:
         import nanotrt.pipeline  # noqa: F401 - registers it
 
 
-def _decode(data: bytes, encoding: str, name: str) -> str:
-    """Strict decoding: a byte the encoding cannot read is an error naming its line, not a guess."""
+def _open_input(file: Path) -> tuple[IO[bytes], str]:
+    if str(file) == "-":
+        return sys.stdin.buffer, "stdin"
     try:
-        text = data.decode(encoding)
-    except LookupError:
-        raise NanotrtError(f"unknown --encoding '{encoding}': use a Python codec name, e.g. utf-8, latin-1, cp1252") from None
-    except UnicodeDecodeError as e:
-        line = data[: e.start].decode(encoding, errors="replace").count("\n") + 1
-        raise NanotrtError(f"{name} line {line}: byte 0x{data[e.start]:02x} is not valid {encoding}: convert the file "
-                           "to UTF-8, or pass --encoding with its encoding (e.g. latin-1, cp1252)") from None
-    return text[1:] if text.startswith("\ufeff") else text  # a BOM (Windows editors) is not text
-
-
-def _read_lines(file: Path, encoding: str) -> tuple[list[str], list[str] | None]:
-    """One text per line, TAB before an optional pair (every line or none). Empty and whitespace-only
-    lines are skipped and counted on stderr; a line whose text or pair is empty is an error."""
-    name = "stdin" if str(file) == "-" else str(file)
-    try:
-        data = sys.stdin.buffer.read() if name == "stdin" else file.read_bytes()
+        if file.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+        return open(file, "rb"), str(file)  # noqa: SIM115 - closed by the caller
     except FileNotFoundError:
         raise NanotrtError(f"input file '{file}' does not exist") from None
     except OSError as e:
         raise NanotrtError(f"cannot read input file '{file}' ({e.strerror}): give a readable text file") from None
-    text = _decode(data, encoding, name)
-    # split on \n only (str.splitlines also splits on form feeds etc., which would shift line numbers)
-    lines = [x.removesuffix("\r") for x in text.removesuffix("\n").split("\n")] if text else []
-    rows, skipped = [], 0
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            skipped += 1
-            continue
-        parts = line.split("\t", 1)
-        if any(not p.strip() for p in parts):
-            raise NanotrtError(f"{name} line {n}: empty text {'before' if not parts[0].strip() else 'after'} the TAB: "
-                               "give both sentences of the pair, or remove the TAB")
-        rows.append((n, parts))
-    if not rows:
-        raise NanotrtError(f"{name} has no text: give one text per line (TAB before a pair)")
-    if skipped:
-        typer.echo(f"note: skipped {skipped} empty line(s) in {name}", err=True)
-    paired = [n for n, r in rows if len(r) == 2]
-    if paired and len(paired) != len(rows):
-        single = next(n for n, r in rows if len(r) == 1)
-        raise NanotrtError(f"{name} line {single} has no TAB-separated pair but line {paired[0]} has one: "
-                           "give every line a pair, or none")
-    return [r[0] for _, r in rows], ([r[1] for _, r in rows] if paired else None)
 
 
-def _read_inputs(texts: list[str], pair: str | None, file: Path | None,
-                 encoding: str = "utf-8") -> tuple[list[str], list[str] | None]:
-    if file is not None:
-        if texts:
-            raise NanotrtError("give TEXT arguments or -f FILE, not both")
-        return _read_lines(file, encoding)
-    if not texts:
-        raise NanotrtError("no input: give TEXT arguments, or -f FILE (one text per line, TAB before a pair; - for stdin)")
-    if pair is not None and len(texts) != 1:
-        raise NanotrtError("--pair goes with exactly one TEXT; for many pairs use -f with TAB-separated lines")
-    for i, t in enumerate([*texts, *([pair] if pair is not None else [])]):
-        if not t.strip():
-            what = "--pair" if i == len(texts) else f"TEXT argument {i + 1}"
-            raise NanotrtError(f"{what} is empty: there is nothing to classify")
-    return texts, ([pair] if pair is not None else None)
+def _chunks(rows: Iterator[Row], first: int, most: int) -> Iterator[list[Row]]:
+    """Rows in growing chunks: the first result prints at once, later chunks are long enough for block mode
+    to amortize engine loads (runner.MAX_BLOCK)."""
+    size, chunk = first, []
+    try:
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= size:
+                yield chunk
+                chunk, size = [], min(2 * size, most)
+    except NanotrtError:  # a bad line: the lines read before it are classified and printed first
+        if chunk:
+            yield chunk
+        raise
+    if chunk:
+        yield chunk
+
+
+def _check_threads(threads: int | None) -> None:
+    most = 4 * (os.cpu_count() or 1)
+    if threads is not None and not 1 <= threads <= most:
+        raise NanotrtError(f"--threads {threads} is out of range: use 1..{most} (4 per core at most)")
 
 
 @app.command()
@@ -218,7 +204,7 @@ def predict(
     artifact: Annotated[Path, typer.Argument(help="artifact dir from `nanotrt export`")],
     texts: Annotated[list[str] | None, typer.Argument(help="text(s) to classify")] = None,
     pair: Annotated[str | None, typer.Option(help="second sentence of a pair")] = None,
-    file: Annotated[Path | None, typer.Option("-f", "--file", help="one text per line (TAB before a pair); - = stdin; empty lines skipped")] = None,
+    file: Annotated[Path | None, typer.Option("-f", "--file", help="one text per line (TAB before a pair); - = stdin; empty lines skipped; streamed")] = None,
     encoding: Annotated[str, typer.Option(help="encoding of -f (undecodable bytes are an error naming the line)")] = "utf-8",
     backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt | torch")] = "onnxruntime",
     memory_budget: Annotated[str, typer.Option(help="memory budget for engines + activations: all, 300MB, 2GB, 2layers (room for 2 of the largest graphs)")] = "all",
@@ -232,40 +218,73 @@ def predict(
     mode: Annotated[str, typer.Option(help="auto | latency | block (layer-major over many inputs)")] = "auto",
     block_size: Annotated[int | None, typer.Option(help="block mode: examples per block (default: what the budget allows)")] = None,
     threads: Annotated[int | None, typer.Option(help="onnxruntime: threads of the shared intra-op pool")] = None,
+    max_chars: Annotated[int | None, typer.Option(help="input bound: characters of each text (and pair) kept before "
+                                                       "tokenizing; default 32 per token of the artifact's max length")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per input")] = False,
-    stats: Annotated[bool, typer.Option(help="print run statistics")] = False,
+    stats: Annotated[bool, typer.Option(help="print run statistics (of the whole input)")] = False,
 ) -> None:
-    """Classify text with the streaming runner (no torch import on the onnxruntime path)."""
-    from nanotrt.runtime.runner import Runner
+    """Classify text with the streaming runner (no torch import on the onnxruntime path).
 
-    items, pairs = _read_inputs(texts or [], pair, file, encoding)
+    Results print as they are computed, in input order. Exit status: 0 when every input was classified; 2 on
+    the first bad input or error (one `error:` line naming the line; the results of the lines before it have
+    been printed, nothing after it); 1 when the output pipe closes; 130 on Ctrl-C.
+    """
+    from nanotrt.runtime.runner import MAX_BLOCK, Runner
+
+    _check_threads(threads)
+    if max_chars is not None and max_chars < 1:
+        raise NanotrtError(f"--max-chars {max_chars} keeps nothing: use a positive number of characters")
+    if file is not None and texts:
+        raise NanotrtError("give TEXT arguments or -f FILE, not both")
+    counts = Counts()
+    stream, name = _open_input(file) if file is not None else (None, "")
     _offline_backend(backend)
     options = {"threads": threads} if threads is not None and backend == "onnxruntime" else {}
     with Runner.from_artifact(artifact, backend=backend, memory_budget=memory_budget, exit=exit,
                               variant=variant, prefetch=prefetch, precision=precision, **options) as runner:
-        res = runner.predict(items, pairs, batch_size=batch_size, mode=mode, block_size=block_size)
+        if max_chars is not None:
+            runner.tokenizer.max_chars = max_chars
+        limit = runner.tokenizer.max_chars
+        rows = file_rows(stream, name, encoding, limit, counts) if stream is not None else arg_rows(texts or [], pair)
+        totals = _stream(runner, rows, batch_size, mode, block_size, as_json, MAX_BLOCK)
+    if counts.skipped:
+        typer.echo(f"note: skipped {counts.skipped} empty line(s) in {name}", err=True)
     if runner.tokenizer.truncated:  # one line, however many: the model sees only the first max_length tokens
-        typer.echo(f"warning: {runner.tokenizer.truncated} of {len(items)} input(s) longer than "
+        typer.echo(f"warning: {runner.tokenizer.truncated} of {totals['samples']} input(s) longer than "
                    f"{runner.tokenizer.max_length} tokens were truncated", err=True)
-    regression = runner.manifest.task_type == "regression"
-    for text, p in zip(items, res.predictions, strict=True):
-        if as_json:
-            _out(json.dumps({"text": text, "label": p.label, "score": p.score, "probs": p.probs,
-                             "exit_layer": p.exit_layer, "ramp_preds": p.ramp_preds}))
-        elif regression:
-            _out(f"{p.score:.4f}\texit@{p.exit_layer}\tramps={[round(x, 3) for x in p.ramp_preds]}\t{text}")
-        else:
-            probs = " ".join(f"{lab}={q:.3f}" for lab, q in zip(runner.labels, p.probs, strict=True))
-            ramps = ",".join(runner.labels[int(k)] for k in p.ramp_preds)
-            _out(f"{p.label}\t{probs}\texit@{p.exit_layer}/{runner.n}\tramps=[{ramps}]\t{text}")
     if stats:
+        typer.echo(json.dumps({"variant": totals.get("variant"), "exit": runner.policy.spec,
+                               "exit_source": runner.exit_source, "plan": runner.describe_plan(),
+                               "ms_per_example": 1000 * totals["wall_s"] / max(totals["samples"], 1), **totals,
+                               "budget": runner.describe_budget()}, indent=1, allow_nan=False), err=True)
+
+
+def _stream(runner: Any, rows: Iterator[Row], batch_size: int, mode: str, block_size: int | None, as_json: bool,
+            most: int) -> dict[str, Any]:
+    """Classify ``rows`` chunk by chunk, printing each chunk's results before reading on; returns totals."""
+    regression = runner.manifest.task_type == "regression"
+    totals: dict[str, Any] = {"samples": 0, "layers": 0, "wall_s": 0.0, "compute_s": 0.0, "blocks": 0}
+    first = max(1, min(batch_size, most))
+    for chunk in _chunks(rows, first, max(first, block_size or most)):
+        res = runner.predict([r.text for r in chunk], None if chunk[0].pair is None else [r.pair for r in chunk],
+                             batch_size=batch_size, mode=mode, block_size=block_size)
+        lines = []
+        for row, p in zip(chunk, res.predictions, strict=True):
+            check_finite(row, p)
+            lines.append(json_line(row, p) if as_json else plain_line(row, p, runner.labels, runner.n, regression))
+        _out("\n".join(lines))
+        sys.stdout.flush()
         s = res.stats
-        typer.echo(json.dumps({"variant": s.variant, "exit": runner.policy.spec, "exit_source": runner.exit_source,
-                               "plan": runner.describe_plan(), "ms_per_example": 1000 * s.wall_s / max(s.samples, 1),
-                               "samples": s.samples, "avg_exit_layer": s.avg_exit_layer, "wall_s": s.wall_s,
-                               "compute_s": s.compute_s, "layer_time_s": s.layer_time_s, "mode": s.mode,
-                               "blocks": s.blocks, "max_block": s.max_block,
-                               "budget": runner.describe_budget(), **s.cache}, indent=1), err=True)
+        totals.update(variant=s.variant, mode=s.mode, max_block=max(totals.get("max_block", 0), s.max_block), **s.cache)
+        totals["samples"] += s.samples
+        totals["layers"] += s.layers_executed
+        totals["wall_s"] += s.wall_s
+        totals["compute_s"] += s.compute_s
+        totals["blocks"] += s.blocks
+        totals["layer_time_s"] = [a + b for a, b in zip(totals.get("layer_time_s", [0.0] * len(s.layer_time_s)),
+                                                        s.layer_time_s, strict=True)]
+    totals["avg_exit_layer"] = totals.pop("layers") / max(totals["samples"], 1)
+    return totals
 
 
 @app.command()
@@ -282,6 +301,8 @@ def profile(
 ) -> None:
     """Measure per-layer and per-ramp latency on this device; writes profile-VARIANT.json by the manifest."""
     from nanotrt.runtime.profile import run_profile
+
+    _check_threads(threads)
     from nanotrt.runtime.progress import progress
 
     _offline_backend(backend)

@@ -72,7 +72,7 @@ def _encode_all(spec: RowSpec) -> tuple[Task, Any, list[dict[str, np.ndarray]], 
     task = get_task(spec.task)
     split = read_split(task, "dev", spec.data_dir, limit=spec.limit)
     m = Manifest.load(spec.artifact)
-    tok = Tokenizer.from_manifest(m.root, m.tokenizer)
+    tok = Tokenizer.from_manifest(m)
     bs, labels = spec.batch_size, split.labels
     texts, pairs = split.texts, split.pairs
     if bs > 1:  # batches of similar length pad less (the same batches for every row, baselines included)

@@ -58,7 +58,7 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
     name = "mnli" if t.name == "mnli-mm" else t.name
     root = root or cache_dir() / f"minilm-{name}"
     art = root / "artifact"
-    m = Manifest.load(art) if (art / "manifest.json").is_file() else None
+    m = Manifest.load(art) if current(art) else None  # one made by an older nanotrt is re-exported (not re-trained)
     if m and m.labels != label_names(m.task, m.labels):  # cached before label names: the file's "0"/"1"
         m.data["labels"] = label_names(m.task, m.labels)
         m.save()
@@ -95,6 +95,18 @@ BENCH_PLANS: list[tuple[str | None, dict[str, Any]]] = [
 ]
 
 
+def current(art: Path) -> bool:
+    """Whether ``art`` holds a manifest of this nanotrt's format version (an older cache is remade)."""
+    import json
+
+    from nanotrt.runtime.artifact import FORMAT_VERSION
+
+    try:
+        return json.loads((art / "manifest.json").read_text()).get("format_version") == FORMAT_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def plan_copy(art: Path, which: str | None) -> Path:
     return art if which is None else art.parent / f"artifact-{which}"
 
@@ -110,7 +122,8 @@ def ensure_plans(art: Path, task: str, data_dir: str | None, max_loss: float = 0
         calibrate_exit(art, task, max_loss=max_loss, data_dir=data_dir)
     for which, kwargs in BENCH_PLANS:
         target = plan_copy(art, which)
-        if not target.is_dir():
+        if not current(target):
+            shutil.rmtree(target, ignore_errors=True)
             tmp = target.with_name(target.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(art, tmp)

@@ -1,14 +1,15 @@
 """`nanotrt build`: per-graph engines in FP32 (optimized) / FP16 / INT8 added to an artifact.
 
-Each variant is written into a fresh directory inside the artifact, then the manifest is replaced in one
-rename, then the previous files of that variant are deleted: an interrupted build leaves the previous
-artifact intact, and re-running with the same options is a no-op.
+Each variant is written into a fresh folder (a generation) inside the artifact, then the manifest is replaced in
+one rename (``runtime/fsutil.py``: ``generation``), then the previous folder of that variant is removed unless a
+running reader still holds it: an interrupted build leaves the previous artifact intact, a streaming `predict`
+keeps its files, and re-running with the same options is a no-op. One build per artifact at a time (a lock
+file); the next build sweeps what an interrupted one left inside the artifact.
 """
 
 from __future__ import annotations
 
 import functools
-import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest, Schedule
 from nanotrt.runtime.errors import NanotrtError
+from nanotrt.runtime.fsutil import generation, sweep_generations, writer_lock
 from nanotrt.runtime.progress import console, progress
 
 # Max relative L2 error of a graph's output (on its FP32 calibration inputs) before it is kept in FP32.
@@ -87,8 +89,30 @@ def _ort_offline_optimize(path: Path) -> None:
 def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False, int8: bool = False,
           calib_task: str | None = None, calib_size: int = 512, calib_method: str = "minmax",
           data_dir: str | Path | None = None, int8_tolerance: float = INT8_TOLERANCE, dynamic: bool = False,
-          trt_options: dict[str, Any] | None = None, fused: bool = False) -> list[str]:
-    """Build the requested variants into ``artifact``; returns the variant names now present."""
+          trt_options: dict[str, Any] | None = None, fused: bool = False, swap: bool = False) -> list[str]:
+    """Build the requested variants into ``artifact``; returns the variant names now present. One build per
+    artifact at a time (a second one waits for the first, then finds its variants up to date)."""
+    Manifest.load(artifact)  # a missing or broken artifact fails before the lock file is made
+    with writer_lock(Path(artifact)):
+        _sweep(Manifest.load(artifact))
+        return _build_locked(artifact, backend, fp16, int8, calib_task, calib_size, calib_method, data_dir,
+                             int8_tolerance, dynamic, trt_options, fused, swap)
+
+
+def _sweep(m: Manifest) -> None:
+    """What interrupted builds left inside the artifact (staging folders, generations the manifest no longer
+    names, manifest temp files); a generation a reader still holds stays for a later build."""
+    names = [s.name for s in registry.all_specs()] + [WHOLE_INT8]
+    named = {info.get("dir") for info in m.data["variants"].values()}
+    named |= {e["file"].split("/")[0] for e in m.graphs.values()}
+    removed = sweep_generations(m.root, names, {n for n in named if n})
+    if removed:
+        console.print(f"removed {len(removed)} leftover(s) of interrupted builds: {', '.join(sorted(removed))}")
+
+
+def _build_locked(artifact: str | Path, backend: str, fp16: bool, int8: bool, calib_task: str | None,
+                  calib_size: int, calib_method: str, data_dir: str | Path | None, int8_tolerance: float,
+                  dynamic: bool, trt_options: dict[str, Any] | None, fused: bool, swap: bool) -> list[str]:
     m = Manifest.load(artifact)
     registry.build_targets(backend, False, False, False, False)  # an unknown backend fails before any work
     if int8 and not calib_task:
@@ -104,7 +128,7 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
         from nanotrt.pipeline import trt_build as trt_mod  # the TensorRT build side (pipeline/trt_build.py)
 
         trt_options = trt_mod.setup(m, trt_options)
-    targets = registry.build_targets(backend, fp16, int8, dynamic, fused)
+    targets = registry.build_targets(backend, fp16, int8, dynamic, fused, swap)
     calib = None
     built: list[str] = []
     for spec in targets:
@@ -115,6 +139,10 @@ def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False
                            int8_tolerance=int8_tolerance)
         if spec.source:  # rebuilt whenever the variant it is made from was
             options = {"builder": BUILDER_VERSION, "from": m.data["variants"][spec.source].get("dir")}
+            if spec.kind == "swap":  # the swap format has its own version (pipeline/swap_build.py)
+                from nanotrt.pipeline.swap_build import SWAP_VERSION
+
+                options["swap"] = SWAP_VERSION
         if _up_to_date(m, variant, options):
             console.print(f"{variant}: up to date")
             built.append(variant)
@@ -142,27 +170,28 @@ Made = tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]  #
 def install_variant(m: Manifest, variant: str, options: dict[str, Any], make: Callable[[Path], Made]
                     ) -> tuple[Manifest, dict[str, Any]]:
     """Build ``variant`` into a staging folder inside the artifact (``make(folder)`` returns its graphs, given
-    as (file in the folder, manifest fields), its schedule and info), then switch: the folder renamed into
-    place, one manifest rename, the previous files removed. Returns the new manifest and the info."""
-    staging = m.root / f".{variant}.{secrets.token_hex(4)}.tmp"
-    final_dir = m.root / f"{variant}.{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        graphs, sched, info = make(staging)
-        staging.rename(final_dir)
-        fresh = Manifest.load(m.root)
-        old = fresh.data["variants"].get(variant, {}).get("dir")
-        for name in fresh.variant_graphs(variant):
-            del fresh.graphs[name]
-        for name, (path, fields) in graphs.items():
-            fresh.add_graph(name, final_dir / path, variant=variant, **fields)
-        fresh.set_variant(variant, sched, dir=final_dir.name, options=options, **info)
-        fresh.save()
-        if old and (m.root / old).is_dir():
-            shutil.rmtree(m.root / old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return fresh, info
+    as (file in the folder, manifest fields), its schedule and info), then switch (``fsutil.generation``): the
+    folder renamed into place, one manifest rename, the previous folder retired (removed unless a running reader
+    holds it). Under the artifact's writer lock. Returns the new manifest and the info."""
+    now: list[Manifest] = []
+    with writer_lock(m.root), generation(m.root, variant) as gen:
+        graphs, sched, info = make(gen.staging)
+
+        def switch(final_dir: Path) -> str | None:
+            fresh = Manifest.load(m.root)
+            old = fresh.data["variants"].get(variant, {}).get("dir")
+            for name in fresh.variant_graphs(variant):
+                del fresh.graphs[name]
+            for name, (path, fields) in graphs.items():
+                fresh.add_graph(name, final_dir / path, variant=variant, **fields)
+            fresh.set_variant(variant, sched, dir=final_dir.name, options=options, **info)
+            fresh.save()
+            m.release()  # this process's own reads of the old folder must not keep it
+            now.append(fresh)
+            return old
+
+        gen.commit(switch)
+    return now[0], info
 
 
 WHOLE_INT8 = "whole-int8-dynamic"  # graph name of the bench's INT8 one-graph baseline
@@ -188,25 +217,23 @@ def _build_whole_int8(m: Manifest, calib_task: str, data_dir: str | Path | None)
         except NanotrtError:
             pass
     split = read_split(calib_task, "train", data_dir, limit=64)
-    tok = Tokenizer.from_manifest(m.root, m.tokenizer)
+    tok = Tokenizer.from_manifest(m)
     feeds = [tok(split.texts[i:i + 16], split.pairs[i:i + 16] if split.pairs else None) for i in range(0, len(split), 16)]
-    staging = m.root / f".{WHOLE_INT8}.{secrets.token_hex(4)}.tmp"
-    final_dir = m.root / f"{WHOLE_INT8}.{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        out = staging / "whole.onnx"
+    with generation(m.root, WHOLE_INT8) as gen:
+        out = gen.staging / "whole.onnx"
         quantize_dynamic_int8(m.verify("whole"), out)
         err = relative_error(m.verify("whole"), out, feeds)
-        staging.rename(final_dir)
-        fresh = Manifest.load(m.root)
-        old = fresh.graphs.get(WHOLE_INT8, {}).get("file", "").split("/")[0]
-        fresh.add_graph(WHOLE_INT8, final_dir / "whole.onnx", role="whole", index=None, precision="int8",
-                        format="onnx", inputs=src["inputs"], outputs=src["outputs"], options=options, rel_error=err)
-        fresh.save()
-        if old and old != final_dir.name and (m.root / old).is_dir():
-            shutil.rmtree(m.root / old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+        def switch(final_dir: Path) -> str | None:
+            fresh = Manifest.load(m.root)
+            old = fresh.graphs.get(WHOLE_INT8, {}).get("file", "").split("/")[0]
+            fresh.add_graph(WHOLE_INT8, final_dir / "whole.onnx", role="whole", index=None, precision="int8",
+                            format="onnx", inputs=src["inputs"], outputs=src["outputs"], options=options,
+                            rel_error=err)
+            fresh.save()
+            return old or None
+
+        gen.commit(switch)
     console.print(f"{WHOLE_INT8}: built (ORT quantize_dynamic, per-channel; rel. error vs FP32 {err:.3f})")
 
 
@@ -272,6 +299,10 @@ def _build_variant(m: Manifest, spec: registry.VariantSpec, out: Path, calib: An
                    ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
     if spec.kind == "fused":
         return _build_fused(m, spec, out)
+    if spec.kind == "swap":
+        from nanotrt.pipeline.swap_build import build_swap
+
+        return build_swap(m, spec, out)
     variant, tensorrt = spec.name, spec.backend == "tensorrt"
     base = m.schedule("fp32")
     units = _graph_units(m)

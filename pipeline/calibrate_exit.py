@@ -195,8 +195,12 @@ def calibrate_exit(artifact: str | Path, task: str | None = None, max_loss: floa
               "full_depth": full, "default_exit": chosen, "date": time.strftime("%Y-%m-%d %H:%M"),
               "chosen": best.__dict__ if best else {"spec": "none", "metric": full, "avg_exit": float(m.num_layers)},
               "candidates": [c.__dict__ for c in results]}
-    if write:
-        m.data["default_exit"] = chosen
-        m.data["exit_calibration"] = record
-        m.save()  # temp file + rename
+    if write:  # under the writer lock, onto the manifest as it is now (a build may have run meanwhile)
+        from nanotrt.runtime.fsutil import writer_lock
+
+        with writer_lock(m.root):
+            fresh = Manifest.load(m.root)
+            fresh.data["default_exit"] = chosen
+            fresh.data["exit_calibration"] = record
+            fresh.save()  # temp file + rename
     return record

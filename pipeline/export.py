@@ -19,10 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 from nanotrt.pipeline.glue import label_names
-from nanotrt.pipeline.model import OffRampModel, check_max_length, load_model, load_tokenizer, save_checkpoint
-from nanotrt.runtime.artifact import Manifest, Schedule, new_manifest
+from nanotrt.pipeline.model import (
+    OffRampModel,
+    check_max_length,
+    load_model,
+    load_tokenizer,
+    position_limit,
+    save_checkpoint,
+)
+from nanotrt.runtime.artifact import FORMAT, MANIFEST, Manifest, Schedule, new_manifest
 from nanotrt.runtime.errors import NanotrtError
-from nanotrt.runtime.fsutil import atomic_dir
+from nanotrt.runtime.fsutil import atomic_dir, check_output_dir, sha256_file
 from nanotrt.runtime.progress import console, progress
 from torch import nn
 
@@ -171,12 +178,16 @@ class _Export:
         if not (self.tmp / "tokenizer" / "tokenizer.json").is_file():
             tok.backend_tokenizer.save(str(self.tmp / "tokenizer" / "tokenizer.json"))
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        tok_file = self.tmp / "tokenizer" / "tokenizer.json"  # the one tokenizer file the runtime reads: hashed
+        positions = position_limit(cfg)
         return new_manifest(
             self.tmp, family=cfg.model_type, num_layers=model.num_layers, hidden_size=self.adapter.hidden_size(cfg),
             task=model.cfg.task, task_type=model.cfg.task_type, labels=label_names(model.cfg.task, model.cfg.labels),
             ramp=asdict(model.cfg), config=cfg.to_dict(),
-            tokenizer={"file": "tokenizer/tokenizer.json", "max_length": max_length, "pad_id": int(pad_id),
-                       "pad_token": str(tok.pad_token), "token_types": self.adapter.has_token_types},
+            tokenizer={"file": "tokenizer/tokenizer.json", "sha256": sha256_file(tok_file),
+                       "bytes": tok_file.stat().st_size, "max_length": max_length, "pad_id": int(pad_id),
+                       "pad_token": str(tok.pad_token), "token_types": self.adapter.has_token_types,
+                       **({"max_positions": positions} if positions else {})},
             opset=OPSET,
         )
 
@@ -249,11 +260,24 @@ class _Export:
         return self.manifest
 
 
+def is_artifact(folder: Path) -> bool:
+    """A folder nanotrt made: it holds a nanotrt manifest (read only as far as its format field)."""
+    path = folder / MANIFEST
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return path.is_file() and f'"format": "{FORMAT}"'.encode() in head
+
+
 def export_model(model_dir: str | Path, out_dir: str | Path, max_length: int = 128,
                  model: OffRampModel | None = None, check: bool = True,
-                 include_checkpoint: bool = True, whole: bool = False) -> Manifest:
-    """Export ``model_dir`` (HF dir or nanotrt checkpoint) to the artifact ``out_dir`` atomically."""
+                 include_checkpoint: bool = True, whole: bool = False, force: bool = False) -> Manifest:
+    """Export ``model_dir`` (HF dir or nanotrt checkpoint) to the artifact ``out_dir`` atomically. ``out_dir``
+    may be absent, empty or an earlier artifact; any other folder is replaced only with ``force``."""
     model_dir = Path(model_dir)
+    check_output_dir(Path(out_dir), is_artifact, force, "nanotrt artifact", keep=(model_dir,))
     model = (model if model is not None else load_model(model_dir)).eval()
     check_max_length(model.config, max_length)
     tok = load_tokenizer(model_dir, int(model.config.vocab_size))

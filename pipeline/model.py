@@ -205,11 +205,17 @@ def _weights_error(p: Path, e: BaseException) -> NanotrtError:
                         "damaged; copy the complete model directory again (config.json + model.safetensors)")
 
 
+def position_limit(config: Any) -> int:
+    """Tokens the model's position table holds (0: no limit known)."""
+    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if limit and config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1  # positions start after the pad id
+    return limit
+
+
 def check_max_length(config: Any, max_length: int) -> None:
     """A max_length past the model's position table would crash (or wrap) on the first long input."""
-    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1  # positions start after the pad id
+    limit = position_limit(config)
     if max_length < 2 or (limit > 0 and max_length > limit):
         raise NanotrtError(f"max_length {max_length} is out of range for this model: use 2..{limit} "
                            "(its max_position_embeddings)")

@@ -471,7 +471,7 @@ def fits_budget(m: Any, source: str, budget: int | None, acts: int, sizes: dict[
     def seg_bytes(start: int, end: int, ramp: bool, emb: bool) -> int:
         parts = [*sched.layers[start:end], *([sched.ramps[end - 1]] if ramp else []),
                  *([sched.embeddings] if start == 0 and end > 0 and emb else [])]
-        return sum(sizes[g] + NAME_SLACK for g in parts)
+        return sum(sizes[g] for g in parts) + (NAME_SLACK * len(parts) if len(parts) > 1 else 0)
 
     if budget is None:
         return (lambda s, e, r: True), False
@@ -485,27 +485,95 @@ def segment_parts(sched: Any, seg: Segment, emb_alone: bool) -> list[str]:
     return head + sched.layers[seg.start:seg.end] + ([sched.ramps[seg.end - 1]] if seg.ramp and not seg.ramp_alone else [])
 
 
-def build_segments(m: Any, source: str, segments: list[Segment], emb_alone: bool, out: Path
-                   ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Any, float]:
-    """Compose and check every segment graph into ``out``; returns (graphs for the manifest, schedule,
-    worst difference against the per-layer parts)."""
+class SegmentBuilder:
+    """Turns the composed ONNX of a segment into the engine file a backend runs. ONNX Runtime runs the
+    composed graph itself (its parts were optimized offline); TensorRT builds a plan from the composition of
+    the ONNX each per-layer plan was parsed from, with the source variant's build options."""
+
+    def __init__(self, m: Any, source: str):
+        self.m, self.source = m, source
+        self.info: dict[str, Any] = {"backend": "onnx"}
+
+    def part(self, name: str) -> Path:
+        """The ONNX file of a source graph."""
+        return Path(self.m.verify(name))
+
+    def engine(self, onnx: Path, parts: list[str], fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return onnx.name, {**fields, "format": "onnx", "ort_optimized": self.m.graphs[parts[-1]].get("ort_optimized")}
+
+    def copy(self, name: str, out: Path, role: str, index: int | None) -> tuple[str, dict[str, Any]]:
+        """A segment of one source graph: its files copied into the plan's folder, its entry kept."""
+        import shutil
+
+        entry, src = self.m.graphs[name], Path(self.m.verify(name))
+        files = [src, *([self.m.root / entry["data"]["file"]] if "data" in entry else []),
+                 *([src.parent / entry["source_onnx"]] if "source_onnx" in entry else [])]
+        for f in files:
+            shutil.copy2(f, out / f.name)
+        skip = ("file", "sha256", "bytes", "file_bytes", "data", "variant")
+        return src.name, {**{k: v for k, v in entry.items() if k not in skip}, "role": role, "index": index,
+                          "parts": [name]}
+
+
+class TrtSegmentBuilder(SegmentBuilder):
+    def __init__(self, m: Any, source: str):
+        from nanotrt.pipeline import trt_build
+
+        super().__init__(m, source)
+        trt_build.require_builder()
+        self.trt = trt_build
+        self.opts = trt_build.BuildOptions.from_json(m.data["variants"][source].get("options", {}))
+        self.info = {"backend": "tensorrt", "scratch_bytes": 0}
+
+    def part(self, name: str) -> Path:
+        plan = Path(self.m.verify(name))
+        return plan.parent / self.m.graphs[name]["source_onnx"]
+
+    def engine(self, onnx: Path, parts: list[str], fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        plan = onnx.with_suffix(".plan")
+        self.trt.build_plan(onnx, plan, fields["inputs"], self.opts, self.m.root / self.trt.TIMING_CACHE)
+        info = self.trt.plan_info(plan, self.opts)
+        self.info["scratch_bytes"] = max(self.info["scratch_bytes"], int(info["scratch_bytes"]))
+        return plan.name, {**fields, **info, "format": "trt-plan", "source_onnx": onnx.name,
+                           "io_bytes": self.trt.io_bytes(fields, self.opts.max_shape)}
+
+
+SEGMENT_BUILDERS: dict[str, type[SegmentBuilder]] = {"onnxruntime": SegmentBuilder, "tensorrt": TrtSegmentBuilder}
+
+
+def _piece(b: SegmentBuilder, parts: list[str], dst: Path, keep_hidden: bool, role: str, index: int | None
+           ) -> tuple[tuple[str, dict[str, Any]], float]:
+    """Compose ``parts`` into ``dst``, check it against them, make its engine: (manifest entry, max diff)."""
     from nanotrt.pipeline.export import io_signature
+
+    m = b.m
+    if len(parts) == 1:  # one graph: its files as they are (same bytes as in the budget's arithmetic)
+        return b.copy(parts[0], dst.parent, role, index), 0.0
+    paths = [b.part(p) for p in parts]
+    compose(paths, dst, keep_hidden=keep_hidden)
+    inputs, outputs = io_signature(dst)
+    feeds = probe_feeds(inputs, int(m.data["hidden_size"]), int(m.tokenizer.get("vocab_size", 100)))
+    fields = {"role": role, "index": index, "inputs": inputs, "outputs": outputs, "parts": parts,
+              "precision": m.graphs[parts[-1]].get("precision")}
+    return b.engine(dst, parts, fields), segment_error(dst, paths, feeds)
+
+
+def build_segments(m: Any, source: str, segments: list[Segment], emb_alone: bool, out: Path
+                   ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Any, float, dict[str, Any]]:
+    """Compose, check and build every segment into ``out``; returns (graphs for the manifest, schedule,
+    worst difference against the per-layer parts, variant info of the backend)."""
+    from nanotrt.runtime import variants as registry
     from nanotrt.runtime.artifact import Schedule
     from nanotrt.runtime.progress import progress
 
-    sched, n = m.schedule(source), m.num_layers
-    vocab, hidden = int(m.tokenizer.get("vocab_size", 100)), int(m.data["hidden_size"])
+    b = SEGMENT_BUILDERS[registry.get(source).backend](m, source)
+    sched, n, prefix = m.schedule(source), m.num_layers, f"{source}-plan/"
     graphs: dict[str, tuple[str, dict[str, Any]]] = {}
     segs: list[dict[str, Any]] = []
-    layers, ramps, worst = [""] * n, [""] * n, 0.0
-    emb = ""
+    layers, ramps, worst, emb = [""] * n, [""] * n, 0.0, ""
     if emb_alone:  # a copy in the plan's folder: the plan owns every file it runs
-        compose([m.verify(sched.embeddings)], out / "embeddings.onnx", keep_hidden=True)
-        inputs, outputs = io_signature(out / "embeddings.onnx")
-        emb = f"{source}-plan/embeddings"
-        graphs[emb] = ("embeddings.onnx", {"role": "embeddings", "index": None, "inputs": inputs, "outputs": outputs,
-                                           "precision": m.graphs[sched.embeddings].get("precision"), "format": "onnx",
-                                           "parts": [sched.embeddings]})
+        emb = prefix + "embeddings"
+        graphs[emb], worst = _piece(b, [sched.embeddings], out / "embeddings.onnx", True, "embeddings", None)
     with progress() as bar:
         job = bar.add_task(f"plan {source}", total=len(segments), info="")
         for k, seg in enumerate(segments):
@@ -513,20 +581,15 @@ def build_segments(m: Any, source: str, segments: list[Segment], emb_alone: bool
             if seg.ramp_alone:  # the budget cannot hold the ramp with the layers: its own graph after them
                 pieces.append((f"segment_{k:02d}_ramp", [sched.ramps[seg.end - 1]], seg.end, True))
             for stem, parts, start, ramp in pieces:
-                dst = out / f"{stem}.onnx"
-                compose([m.verify(p) for p in parts], dst, keep_hidden=seg.end < n or seg.ramp_alone)
-                inputs, outputs = io_signature(dst)
-                worst = max(worst, segment_error(dst, [m.path(p) for p in parts], probe_feeds(inputs, hidden, vocab)))
-                name = f"{source}-plan/{stem}"
-                graphs[name] = (dst.name, {"role": "segment", "index": k, "inputs": inputs, "outputs": outputs,
-                                           "precision": m.graphs[parts[-1]].get("precision"), "format": "onnx",
-                                           "parts": parts, "ort_optimized": m.graphs[parts[-1]].get("ort_optimized")})
-                segs.append({"graph": name, "start": start, "end": seg.end, "ramp": ramp})
+                keep = seg.end < n or (seg.ramp_alone and stem.endswith(f"{k:02d}"))
+                graphs[prefix + stem], err = _piece(b, parts, out / f"{stem}.onnx", keep, "segment", k)
+                worst = max(worst, err)
+                segs.append({"graph": prefix + stem, "start": start, "end": seg.end, "ramp": ramp})
             for i in range(seg.start, seg.end):
-                layers[i] = ramps[i] = f"{source}-plan/segment_{k:02d}"
-            emb = emb or f"{source}-plan/segment_{k:02d}"
+                layers[i] = ramps[i] = f"{prefix}segment_{k:02d}"
+            emb = emb or f"{prefix}segment_{k:02d}"
             bar.advance(job)
-    return graphs, Schedule(emb, layers, ramps, segs), worst
+    return graphs, Schedule(emb, layers, ramps, segs), worst, b.info
 
 
 def plan_source(m: Any, precision: str, backend: str, dynamic: bool) -> str:
@@ -589,12 +652,12 @@ def make_plan(artifact: str | Path, max_loss: float = 0.5, memory_budget: str | 
         options = {"builder": BUILDER_VERSION, "from": m.data["variants"][source].get("dir"), "plan": choice.as_dict()}
 
         def make(out: Path) -> tuple[dict[str, tuple[str, dict[str, Any]]], Any, dict[str, Any]]:
-            graphs, sched, worst = build_segments(m, source, choice.segments, emb_alone, out)
+            graphs, sched, worst, backend_info = build_segments(m, source, choice.segments, emb_alone, out)
             if worst > SEGMENT_ATOL:
                 raise NanotrtError(f"plan segments differ from their per-layer parts by {worst:.2e} (> {SEGMENT_ATOL}): "
                                    "report this as a nanotrt bug")
             record["max_abs_diff_vs_parts"] = worst
-            info = {"backend": "onnx", "precision": m.data["variants"][source].get("precision", precision),
+            info = {**backend_info, "precision": m.data["variants"][source].get("precision", precision),
                     "plan_from": source, "default_exit": choice.exit, "plan": record,
                     "summary": f"{len(choice.segments)} segments, live ramps {record['live_ramps']}, exit {choice.exit}"}
             return graphs, sched, info

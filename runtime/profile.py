@@ -23,7 +23,7 @@ import numpy as np
 from nanotrt.runtime.artifact import Manifest, Schedule
 from nanotrt.runtime.backend import Backend
 from nanotrt.runtime.errors import NanotrtError
-from nanotrt.runtime.fsutil import write_json
+from nanotrt.runtime.fsutil import write_json, writer_lock
 
 FORMAT = "nanotrt-profile"
 FORMAT_VERSION = 1
@@ -95,9 +95,9 @@ class DeviceProfile:
     def read(cls, path: Path) -> DeviceProfile:
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:
             raise NanotrtError(f"cannot read the device profile {path} ({e}): re-run `nanotrt profile`") from e
-        if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
+        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise NanotrtError(f"{path} is not a nanotrt device profile of version {FORMAT_VERSION}: "
                                "re-run `nanotrt profile`")
         return cls(data)
@@ -149,11 +149,16 @@ def exit_groups(sched: Schedule) -> tuple[str | None, list[dict[str, Any]]]:
     return emb, groups
 
 
-def load_profile(root: str | Path, variant: str, backend: str) -> DeviceProfile | None:
+def load_profile(artifact: Manifest | str | Path, variant: str, backend: str) -> DeviceProfile | None:
     """The artifact's profile for ``variant`` on ``backend`` if one was made on this machine, else None
-    (a warning says why a profile was not used; the deadline rule then measures online)."""
-    path = profile_path(root, variant)
-    if not path.is_file():
+    (a warning says why a profile was not used; the deadline rule then measures online). Only a profile the
+    manifest lists, checked against its sha256, is read."""
+    manifest = artifact if isinstance(artifact, Manifest) else Manifest.load(artifact)
+    path = manifest.profile_file(variant)
+    if path is None:
+        if profile_path(manifest.root, variant).is_file():
+            warnings.warn(f"{profile_path(manifest.root, variant)} is not listed in the manifest (made by an older "
+                          "nanotrt, or copied in): not used; re-run `nanotrt profile`", stacklevel=2)
         return None
     prof = DeviceProfile.read(path)
     made, here = prof.data.get("machine", {}), machine()
@@ -189,8 +194,7 @@ def measure(manifest: Manifest, backend: Backend, variant: str, swapping: bool, 
     """Time every graph of ``variant``'s schedule over the grid; returns the profile document."""
     sched = manifest.schedule(variant)
     emb, groups = exit_groups(sched)
-    lookup = manifest.data.get("lookup")
-    table = np.load(manifest.verify(lookup), mmap_mode="r") if lookup else None
+    table = manifest.word_table()
     rng = np.random.default_rng(0)
     backend.configure(swapping=swapping)
     graphs: dict[str, Any] = {}
@@ -225,8 +229,13 @@ def measure(manifest: Manifest, backend: Backend, variant: str, swapping: bool, 
 
 
 def write_profile(manifest: Manifest, doc: dict[str, Any]) -> Path:
-    path = profile_path(manifest.root, doc["variant"])
-    write_json(path, doc)  # temp file + rename
+    """Write the profile and list it (sha256, bytes) in the manifest, under the artifact's writer lock."""
+    with writer_lock(manifest.root):
+        path = profile_path(manifest.root, doc["variant"])
+        write_json(path, doc)  # temp file + rename
+        fresh = Manifest.load(manifest.root)  # another writer may have changed it since this run began
+        fresh.data.setdefault("profiles", {})[doc["variant"]] = fresh.file_entry(path)
+        fresh.save()
     return path
 
 

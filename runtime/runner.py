@@ -31,7 +31,7 @@ from nanotrt.runtime.backend import Backend, get_backend
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.exits import ExitPolicy, FixedDepth, StepContext, bind_policy, parse_exit, softmax
 from nanotrt.runtime.residency import ResidencyCache, fmt_bytes, parse_size
-from nanotrt.runtime.tokenize import Tokenizer, check_texts
+from nanotrt.runtime.tokenize import Tokenizer, as_inputs, check_count
 
 MODES = ("auto", "latency", "block")
 MAX_BLOCK = 512  # examples per block when the budget would allow more: loads are amortized long before
@@ -226,6 +226,7 @@ class Runner:
                exit: str | ExitPolicy | None, variant: str | None, prefetch: bool, precision: str) -> None:
         self.manifest = manifest
         self.variant = runner_variant(manifest, variant, precision, backend.name, memory_budget)
+        manifest.hold(self.variant)  # a rebuild elsewhere keeps this variant's files while the runner lives
         self.schedule = manifest.schedule(self.variant)
         # exit=None: the variant's own (a plan's rule, re-chosen on its live ramps), else the artifact's.
         info = manifest.data["variants"][self.variant]
@@ -234,12 +235,12 @@ class Runner:
             ("none: no calibrated default_exit (run `nanotrt calibrate-exit` or `nanotrt plan`)", "none"))
             if rule is not None)
         self.policy = parse_exit(default, manifest.task_type, manifest.num_layers)
-        self.tokenizer = Tokenizer.from_manifest(manifest.root, manifest.tokenizer)
+        self.tokenizer = Tokenizer.from_manifest(manifest)
         self.n = manifest.num_layers
         self.labels = manifest.labels
-        lookup = manifest.data.get("lookup")
+        table = manifest.word_table()  # verified, shape-checked, memory-mapped
         # A plain ndarray view of the mapping: indexing a np.memmap subclass costs a finalizer call per batch.
-        self.word_table = np.load(manifest.verify(lookup), mmap_mode="r").view(np.ndarray) if lookup else None
+        self.word_table = None if table is None else table.view(np.ndarray)
         # The walk: one step per engine call (per-layer, fused layer+ramp, or a plan's segments).
         self.steps = self.schedule.steps()
         order = [s.graph for s in self.steps]
@@ -272,7 +273,7 @@ class Runner:
         from nanotrt.runtime.profile import load_profile
 
         outs = {o["name"] for o in manifest.graphs[self.steps[-1].graph].get("outputs", [])}
-        bind_policy(self.policy, outs, load_profile(manifest.root, self.variant, backend.name))
+        bind_policy(self.policy, outs, load_profile(manifest, self.variant, backend.name))
 
     @classmethod
     def from_artifact(cls, artifact: str | Path, backend: str | Backend = "onnxruntime",
@@ -456,22 +457,14 @@ class Runner:
         (default: what the budget allows, at most MAX_BLOCK) layer by layer; ``auto`` picks block when
         engines are swapped and there are more inputs than one micro-batch. Same predictions either way."""
         self._check_open()
-        if isinstance(texts, str):
-            texts = [texts]
-        if batch_size < 1:
-            raise NanotrtError("batch size must be >= 1")
-        if block_size is not None and block_size < 1:
-            raise NanotrtError("block size must be >= 1")
-        if pairs is not None and len(pairs) != len(texts):
-            raise NanotrtError(f"got {len(texts)} texts but {len(pairs)} pairs: give one pair per text")
+        texts, pairs = as_inputs(texts, pairs)  # one string is one text; types checked
+        batch_size = check_count(batch_size, "batch size")
+        block_size = None if block_size is None else check_count(block_size, "block size")
         mode = self.resolve_mode(mode, len(texts), batch_size)
         stats = RunStats(layer_time_s=[0.0] * self.n, mode=mode)
         out = self._outputs(len(texts), self.n, len(self.labels))
         # Micro-batches of similar length pad less: walk the inputs shortest first (characters stand in for
-        # tokens), then put the results back in the caller's order. Inputs are checked in the caller's order.
-        check_texts(texts)
-        if pairs is not None:
-            check_texts(pairs, "pair")
+        # tokens), then put the results back in the caller's order. Inputs were checked in the caller's order.
         order = np.argsort([len(t) + len(p) for t, p in zip(texts, pairs or [""] * len(texts), strict=True)],
                            kind="stable") if batch_size > 1 else None
         if order is not None:

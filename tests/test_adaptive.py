@@ -157,8 +157,10 @@ def test_simulate_replays_the_runner(halting_art: Path) -> None:
 
 
 def test_profile_writes_grid_and_feeds_the_deadline_rule(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    from nanotrt.runtime.artifact import Manifest
+    from nanotrt.runtime.errors import NanotrtError
     from nanotrt.runtime.exits import Deadline
-    from nanotrt.runtime.profile import DeviceProfile, profile_path, run_profile
+    from nanotrt.runtime.profile import DeviceProfile, profile_path, run_profile, write_profile
     from nanotrt.runtime.runner import Runner
 
     art = tmp_path / "art"
@@ -175,8 +177,11 @@ def test_profile_writes_grid_and_feeds_the_deadline_rule(artifacts: dict[str, Pa
         assert isinstance(r.policy, Deadline) and r.policy.profile is not None  # the profile is used
         res = r.predict(["a short text", "another"], batch_size=1)
         assert (res.exit_layers >= 1).all()
+    path.write_text(json.dumps(saved) + " ")  # a profile changed behind the manifest's back is refused
+    with pytest.raises(NanotrtError, match="profile-fp32.json does not match its sha256"):
+        Runner.from_artifact(art, exit="deadline=50ms")
     saved["machine"]["cpu"] = "another CPU"
-    path.write_text(json.dumps(saved))
+    write_profile(Manifest.load(art), saved)  # listed and hashed again
     with pytest.warns(UserWarning, match="another machine"), Runner.from_artifact(art, exit="deadline=50ms") as r:
         assert r.policy.profile is None  # measured online instead
 

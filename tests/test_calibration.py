@@ -37,8 +37,8 @@ def eager_feeds(m: Manifest, split: Sentences, batch_size: int) -> dict[str, lis
     import onnxruntime as ort
     from nanotrt.engines.onnxruntime import session_options
 
-    sched, tok = m.schedule("fp32"), Tokenizer.from_manifest(m.root, m.tokenizer)
-    table = np.load(m.verify(m.data["lookup"]), mmap_mode="r")
+    sched, tok = m.schedule("fp32"), Tokenizer.from_manifest(m)
+    table = m.word_table()
     sess = {n: ort.InferenceSession(str(m.verify(n)), session_options(ort)) for n in sched.names()}
 
     def run(name: str, f: Feeds) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 from conftest import PAIRS, TEXTS, interrupt_on_call
 from nanotrt.engines.onnxruntime import session_options
 from nanotrt.pipeline.model import load_model
-from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.artifact import FORMAT_VERSION, Manifest
 from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.tokenize import Tokenizer
 
@@ -32,7 +32,7 @@ def _run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray
 
 
 def _encode(manifest: Manifest, texts: list[str], pairs: list[str] | None) -> dict[str, np.ndarray]:
-    return Tokenizer.from_manifest(manifest.root, manifest.tokenizer)(texts, pairs)
+    return Tokenizer.from_manifest(manifest)(texts, pairs)
 
 
 @pytest.mark.parametrize("with_pairs", [False, True])
@@ -90,7 +90,7 @@ def test_tokenizer_json_matches_transformers(family: str, artifacts: dict[str, P
 
 def test_manifest_contents(artifacts: dict[str, Path]) -> None:
     m = Manifest.load(artifacts["bert"])
-    assert m.data["format_version"] == 1 and m.family == "bert" and m.num_layers == 3
+    assert m.data["format_version"] == FORMAT_VERSION and m.family == "bert" and m.num_layers == 3
     assert m.labels and m.task_type == "classification"
     for name in m.schedule().names():
         e = m.graphs[name]

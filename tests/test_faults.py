@@ -102,6 +102,7 @@ def _trials(kind: str, work: Path, make_previous: Callable[[Path], None], new_cm
             # was starting or shutting down, when Python's own SIGINT handler is not installed
             assert rc in (0, 130, -signal.SIGINT), (rc, err)
             assert _hidden_leftovers(out.parent) == [], "SIGINT: temp files cleaned up"
+            assert not out.exists() or _hidden_leftovers(out) == [], "SIGINT: staging inside the output cleaned up"
         outcomes.append("previous" if got == previous else "new" if got == new_states[-1] else "partial")
         if got != previous:  # back to the previous version for the next trial
             shutil.rmtree(out)
@@ -188,6 +189,55 @@ def test_killed_writer_temp_dirs_are_swept_and_previous_restored(tmp_path: Path)
         (tmp / "manifest.json").write_text("new")
     assert (final / "manifest.json").read_text() == "new"
     assert _hidden_leftovers(tmp_path) == []
+
+
+def test_killed_build_leftovers_inside_the_artifact_are_swept(tmp_path: Path) -> None:
+    """SIGKILL during `nanotrt build` leaves a staging folder, or a renamed generation the manifest never named,
+    inside the artifact; the next build removes them (and a manifest temp file), and nothing else."""
+    art = tmp_path / "art"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "tiny-artifact", art)
+    subprocess.run(_cli("build", str(art)), check=True, capture_output=True, timeout=300)
+    built = Manifest.load(art).data["variants"]["ort-fp32"]["dir"]
+    leftovers = [".ort-fp32.0123abcd.tmp", "ort-fp32.89abcdef", ".ort-int8.deadbeef.tmp", "whole-int8-dynamic.00aa11bb"]
+    for name in leftovers:
+        (art / name).mkdir()
+        (art / name / "layer_00.onnx").write_bytes(b"half")
+    (art / ".manifest.json.k3j4h5g6.json").write_text("{")
+    mine = [art / "notes.12345678", art / "ort-fp32.notes"]  # a user's folders with look-alike names stay
+    for d in mine:
+        d.mkdir()
+    p = subprocess.run(_cli("build", str(art), "--dynamic"), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    left = sorted(x.name for x in art.iterdir())
+    assert not set(leftovers) & set(left) and ".manifest.json.k3j4h5g6.json" not in left, left
+    assert all(d.is_dir() for d in mine) and built in left
+    for d in mine:
+        d.rmdir()
+    assert _artifact_state(art) == "max_length=128 variants=fp32,ort-fp32,ort-int8-dynamic"
+
+
+def test_rebuild_keeps_a_running_readers_files(tmp_path: Path) -> None:
+    """A reader holds its variant's folder: a rebuild switches the manifest to a new generation and leaves the
+    old folder in place while the reader lives; the next build sweeps it once it is free."""
+    from nanotrt.runtime.runner import Runner
+
+    art = tmp_path / "art"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "tiny-artifact", art)
+    subprocess.run(_cli("build", str(art)), check=True, capture_output=True, timeout=300)
+    runner = Runner.from_artifact(art, memory_budget="1layer", variant="ort-fp32")  # swaps: reads files per call
+    old = runner.manifest.data["variants"]["ort-fp32"]["dir"]
+    before = runner.predict(["a text", "another one"]).label_ids
+    options = Manifest.load(art).data
+    options["variants"]["ort-fp32"]["options"]["builder"] = -1  # force a rebuild
+    Manifest(art, options).save()
+    subprocess.run(_cli("build", str(art)), check=True, capture_output=True, timeout=300)
+    assert Manifest.load(art).data["variants"]["ort-fp32"]["dir"] != old and (art / old).is_dir()
+    assert (runner.predict(["a text", "another one"]).label_ids == before).all()  # still its own files
+    runner.close()
+    runner.manifest.release()
+    del runner
+    subprocess.run(_cli("build", str(art)), check=True, capture_output=True, timeout=300)
+    assert not (art / old).exists()
 
 
 # --- disk full ---------------------------------------------------------------------------------

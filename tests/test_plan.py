@@ -144,26 +144,38 @@ def test_plan_reads_train_never_dev(planned: Path, tmp_path: Path, monkeypatch: 
     assert seen == ["train"] and rec["holdout"]["count"] == 24 and not rec["holdout"]["seen_in_training"]
 
 
-def test_plan_under_a_budget_fits_it(planned: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("budget", ["2layers", "1layer"])
+def test_plan_under_a_budget_fits_it(planned: Path, tmp_path: Path, budget: str) -> None:
+    """Every segment with one full-length example's activations fits; at one layer the ramps (and the
+    embeddings) run as graphs of their own, and the logits still equal the per-layer walk."""
     from nanotrt.pipeline.plan import make_plan
     from nanotrt.runtime.artifact import Manifest
     from nanotrt.runtime.runner import Activations, Runner, resolve_budget
 
     art = tmp_path / "art"
     shutil.copytree(planned, art)
-    rec = make_plan(art, max_loss=100.0, memory_budget="2layers", data_dir=str(FIX))
+    rec = make_plan(art, max_loss=100.0, memory_budget=budget, data_dir=str(FIX))
     m = Manifest.load(art)
-    budget = resolve_budget("2layers", m, rec["variant"])
-    assert budget == rec["budget_bytes"]
+    limit = resolve_budget(budget, m, rec["variant"])
+    assert limit == rec["budget_bytes"]
     acts = Activations.from_manifest(m).block([(1, int(m.tokenizer["max_length"]))])
     for name in m.schedule(rec["variant"]).names():
-        assert int(m.graphs[name]["bytes"]) + acts <= budget
-    with Runner.from_artifact(art, memory_budget="2layers") as r:
+        assert int(m.graphs[name]["bytes"]) + acts <= limit
+    with Runner.from_artifact(art, memory_budget=budget, exit="none") as r:
         assert r.variant == rec["variant"]
         res = r.predict(TEXTS * 4, batch_size=1)
-        assert res.stats.cache["peak_total_bytes"] <= budget
-    with Runner.from_artifact(art, memory_budget="1layer") as r:  # planned for more: the resolver passes it over
-        assert r.variant != rec["variant"]
+        assert res.stats.cache["peak_total_bytes"] <= limit
+    np.testing.assert_allclose(res.logits, np.tile(_source_logits(art, rec["source"]), (4, 1)), atol=1e-5)
+    if budget == "2layers":
+        with Runner.from_artifact(art, memory_budget="1layer") as r:  # planned for more: the resolver passes it over
+            assert r.variant != rec["variant"]
+
+
+def _source_logits(art: Path, source: str) -> np.ndarray:
+    from nanotrt.runtime.runner import Runner
+
+    with Runner.from_artifact(art, variant=source, exit="none") as r:
+        return r.predict(TEXTS, batch_size=1).logits
 
 
 def test_cli_plan(planned: Path, tmp_path: Path) -> None:
