@@ -126,9 +126,10 @@ def dims(sig: dict[str, Any], bs: Shape) -> tuple[int, ...]:
     return tuple(bs[i] if isinstance(d, str) and i < 2 else int(d) for i, d in enumerate(sig["shape"]))
 
 
-def io_bytes(entry: dict[str, Any], max_shape: Shape) -> dict[str, int]:
+def io_bytes(entry: dict[str, Any], max_shape: Shape | None) -> dict[str, int]:
     """Bytes of each input and output of a graph at the profile's maximum shape (I/O buffers: outputs
     keyed ``out:NAME`` because a graph's output may share its name with the next graph's input)."""
+    assert max_shape is not None, "resolve() the build options first"
     out = {}
     for key, prefix in (("inputs", ""), ("outputs", "out:")):
         for sig in entry[key]:
