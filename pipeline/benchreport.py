@@ -333,8 +333,20 @@ def print_table(report: dict[str, Any]) -> None:
                           _fmt_bytes(r["peak_rss_bytes"]), _fmt_bytes(r.get("engine_peak_bytes")),
                           f"{r.get('load_s', 0):.2f}")
         table_console.print(table)
+        if calibration_line(report):
+            table_console.print(calibration_line(report))
         for sk in res.get("skipped", []):
             table_console.print(f"skipped: {sk['row']} -- {sk['enable']}")
+
+
+def calibration_line(report: dict[str, Any]) -> str:
+    """How the calibrated default was chosen: point loss, its upper bound and the rows they rest on."""
+    cal = report.get("exit_calibration") or {}
+    if report.get("exit_source") != "calibrated default_exit" or "bound" not in cal:
+        return ""
+    unit = "% of rows disagreeing with full depth" if cal.get("criterion") == "agreement" else "points"
+    return (f"Calibrated on {cal['rows']} held-out rows: loss {cal['loss']:.2f} {unit}, upper bound "
+            f"{cal['bound']:.2f} at confidence {cal['confidence']:g} (--max-loss {cal['max_loss']:g}). {cal['note']}.")
 
 
 def _main_note(task: str, names: list[str]) -> str:
@@ -386,6 +398,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# nanotrt bench: {report['task']}", "",
              f"Exit policy `{report['exit']}` ({report.get('exit_source', '--exit')}), memory budget `{report['budget']}`, {report['layers']} layers, "
              f"batch size 1 unless the row says otherwise. {report['date']}.", "",
+             *([calibration_line(report), ""] if calibration_line(report) else []),
              "Runner rows run the artifact's best variant at their precision, as `nanotrt predict` does "
              + f"(fp32: `{variants.get('fp32')}`, int8: `{variants.get('int8')}`). "
              "\"vs ORT one graph\": throughput against the whole model as one ONNX Runtime graph at the same "
