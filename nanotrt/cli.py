@@ -120,7 +120,7 @@ def build(
 
     trt_options = None
     if backend == "tensorrt":
-        from nanotrt.engines.tensorrt import BuildOptions, parse_shape
+        from nanotrt.pipeline.trt_build import BuildOptions, parse_shape
 
         trt_options = BuildOptions(parse_shape(min_shape), parse_shape(opt_shape) if opt_shape else None,
                                    parse_shape(max_shape) if max_shape else None, workspace_mb,
