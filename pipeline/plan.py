@@ -222,7 +222,11 @@ def choose_plan(h: Holdout, costs: Costs, fits: Fits, specs: list[str], passing:
 # --- segment graphs: consecutive per-layer graphs composed into one ONNX graph -----------------------------
 
 HIDDEN_IN, HIDDEN_OUTS, MASK = "hidden_states", ("hidden_states", "hidden_states_out"), "attention_mask"
-SEGMENT_ATOL = 1e-5
+# Max abs difference of a segment from its parts run one after another: the same kernels on the same weights
+# (float reassociation only); FP16 graphs on ONNX Runtime CPU get casts inserted around ops without FP16
+# kernels, and one graph can drop a round trip the parts keep (measured up to 2e-3 on the tiny models).
+SEGMENT_ATOL = {"fp16": 1e-2}
+SEGMENT_ATOL_DEFAULT = 1e-5
 NAME_SLACK = 4096  # bytes per part a composed graph may grow by: every name gets its part's prefix  # same kernels on the same weights as the parts; float reassociation only
 
 
@@ -648,8 +652,9 @@ def make_plan(artifact: str | Path, max_loss: float = 0.5, memory_budget: str | 
 
         def make(out: Path) -> tuple[dict[str, tuple[str, dict[str, Any]]], Any, dict[str, Any]]:
             graphs, sched, worst, backend_info = build_segments(m, source, choice.segments, emb_alone, out)
-            if worst > SEGMENT_ATOL:
-                raise NanotrtError(f"plan segments differ from their per-layer parts by {worst:.2e} (> {SEGMENT_ATOL}): "
+            atol = SEGMENT_ATOL.get(m.data["variants"][source].get("precision", precision), SEGMENT_ATOL_DEFAULT)
+            if worst > atol:
+                raise NanotrtError(f"plan segments differ from their per-layer parts by {worst:.2e} (> {atol}): "
                                    "report this as a nanotrt bug")
             record["max_abs_diff_vs_parts"] = worst
             info = {**backend_info, "precision": m.data["variants"][source].get("precision", precision),
