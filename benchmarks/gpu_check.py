@@ -8,6 +8,10 @@ For every TensorRT variant built in ARTIFACT (trt-fp32 / trt-fp16 / trt-int8):
 3. deserialize time per plan, per-graph latency (batch 1 and 8 at seq 128), and peak device memory
    (cudaMemGetInfo sampled after every engine run) against the budget.
 Writes gpu_check.json + gpu_check.md to --out; exits 1 if any check failed.
+
+``--prereqs`` (step 0 of gpu_check.sh) checks, before any work, everything the steps need and names each
+missing thing with its fix: the export extra (nanotrt build), TensorRT 10.1-11.x with a builder, Polygraphy
+>= 0.50.3, cuda-python of the driver's CUDA major, free GPU memory, the artifact, the calibration data.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ from typing import Any
 
 import numpy as np
 from nanotrt.engines import tensorrt as te
+from nanotrt.pipeline import trt_build
+from nanotrt.pipeline.trt_build import BuildOptions
+from nanotrt.runtime import variants as registry
 from nanotrt.runtime.artifact import Manifest
+from nanotrt.runtime.errors import NanotrtError
 from nanotrt.runtime.runner import Runner
 
 # Relative L2 error of a plan vs ORT on the same ONNX. FP32: TF32 is off, only summation order differs.
@@ -35,6 +43,39 @@ SHAPES = [(b, s) for b in (1, 8, 32) for s in (1, 16, 128)]
 TEXTS = ["a short one", "a somewhat longer sentence to classify, with a clause or two in it", "third",
          "the movie was a delight from start to finish", "colorless green ideas sleep furiously",
          "he did n't went home", "is this a question?", "no"] * 3
+
+
+def prerequisites(art: Path, calib_task: str, min_free_mb: int, data_dir: str | None = None) -> tuple[list[str], list[str]]:
+    """(what is there, what is missing: one line each naming the fix), checked before any work."""
+    from nanotrt.pipeline.glue import get_task, task_file
+
+    from nanotrt.extras import require
+
+    have: list[str] = []
+    missing: list[str] = []
+
+    def check(what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except (NanotrtError, ImportError) as e:
+            missing.append(f"{what}: {e}")
+            return None
+
+    check("export extra", lambda: require("export", "nanotrt build"))
+    trt = check("TensorRT / Polygraphy", trt_build.require_builder)
+    if trt is not None:
+        have.append(f"TensorRT {trt.__version__}")
+    cudart = check("cuda-python", te.load_cudart)
+    if cudart is not None and check("cuda-python vs driver", lambda: te.check_cuda(cudart) or True):
+        driver = int(te.cuda_check(cudart.cudaDriverGetVersion()))
+        free, _ = te.cuda_check(cudart.cudaMemGetInfo())
+        have.append(f"driver for CUDA {driver // 1000}.{driver % 1000 // 10}, {int(free) >> 20} MiB GPU memory free")
+        if int(free) >> 20 < min_free_mb:
+            missing.append(f"GPU memory: {int(free) >> 20} MiB free, the check needs {min_free_mb} MiB: stop other "
+                           "GPU jobs (nvidia-smi lists them) or pass MIN_FREE_MB")
+    check("artifact", lambda: Manifest.load(art))
+    check("calibration data", lambda: task_file(get_task(calib_task), "train", data_dir))
+    return have, missing
 
 
 def feeds_for(m: Manifest, batch: int, seq: int, rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
@@ -78,7 +119,7 @@ def check_plans(m: Manifest, variant: str, fails: list[str]) -> dict[str, Any]:
     from nanotrt.engines.onnxruntime import session_options
 
     info = m.data["variants"][variant]
-    opts = te.BuildOptions.from_json(info["options"])
+    opts = BuildOptions.from_json(info["options"])
     assert opts.max_shape is not None
     fp32 = m.schedule("fp32")
     names = m.schedule(variant).names()
@@ -133,21 +174,21 @@ def check_runner(m: Manifest, variant: str, fails: list[str]) -> dict[str, Any]:
     device memory against the budget."""
     with Runner.from_artifact(m.root) as r:
         ref = r.predict(TEXTS, batch_size=8).ramp_logits
-    prec = variant.split("-")[1]
+    prec = registry.get(variant).precision
     out: dict[str, Any] = {}
     logits = []
     for prefetch in (True, False):
         with Runner.from_artifact(m.root, backend="tensorrt", variant=variant, memory_budget="2layers",
                                   prefetch=prefetch) as r:
             cudart = r.backend.cudart  # type: ignore[attr-defined]
-            free0 = int(te._check(cudart.cudaMemGetInfo())[0]) + r.reserved  # before the reservation
+            free0 = int(te.cuda_check(cudart.cudaMemGetInfo())[0]) + r.reserved  # before the reservation
             low = [free0 - r.reserved]
             run = r.backend.run
 
             def sampled(engine: Any, feeds: dict[str, np.ndarray], run: Any = run, low: list[int] = low,
                         cudart: Any = cudart) -> Any:
                 res = run(engine, feeds)
-                low[0] = min(low[0], int(te._check(cudart.cudaMemGetInfo())[0]))
+                low[0] = min(low[0], int(te.cuda_check(cudart.cudaMemGetInfo())[0]))
                 return res
 
             r.backend.run = sampled  # type: ignore[method-assign]
@@ -198,11 +239,21 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("artifact", type=Path)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--prereqs", action="store_true", help="only check the prerequisites (gpu_check.sh step 0)")
+    ap.add_argument("--calib-task", default="cola")
+    ap.add_argument("--min-free-mb", type=int, default=2048)
     args = ap.parse_args()
+    if args.prereqs:
+        have, missing = prerequisites(args.artifact, args.calib_task, args.min_free_mb)
+        for line in missing:
+            print("MISSING", line)
+        print("prerequisites:", "; ".join(have) or "-", "" if not missing else f"({len(missing)} missing)")
+        return 1 if missing else 0
     m = Manifest.load(args.artifact)
     trt = te.require_runtime()
-    variants = [v for v in m.variants if v.startswith("trt-")]
-    fails: list[str] = [] if variants else ["no trt-* variant in the artifact"]
+    variants = [v for v in m.variants if registry.known(v) and registry.get(v).backend == "tensorrt"
+                and registry.get(v).kind == "built"]  # plans of them run the same engines
+    fails: list[str] = [] if variants else ["no built TensorRT variant in the artifact (nanotrt build --backend tensorrt)"]
     report: dict[str, Any] = {"device": platform.node(), "tensorrt": trt.__version__, "variants": {}}
     try:
         import subprocess

@@ -6,7 +6,9 @@ Models: BERT-base, BERT-large, RoBERTa-base, ALBERT-base, DistilBERT-base as ran
 real tokenizers (../shared/data/tokenizers), and the demo MiniLM-L6 trained on CoLA (real weights: its rows
 carry the CoLA dev metric; ``--models minilm-l6-sst2`` adds the SST-2 demo). Rows per model, each in its own child process so its peak RSS (VmHWM) is its own:
 PyTorch eager FP32 · one ORT graph FP32 · one ORT graph dynamic INT8 · nanotrt all resident, FP32 and INT8 ·
-nanotrt at budgets of 4, 2 and 1 layers, FP32 and INT8. nanotrt's INT8 is the `ort-int8-dynamic` build (the
+nanotrt at budgets of 4, 2 and 1 layers, FP32 and INT8 · the swap variants (`nanotrt build --swap`: weights
+mapped per swap) at 2 layers. Memory per row: VmHWM (peak RSS) and the sampled peak of RssAnon (anonymous memory,
+what the kernel cannot reclaim) beside RssFile (file-backed pages: mapped weights, libraries), memstat.py. nanotrt's INT8 is the `ort-int8-dynamic` build (the
 same ORT dynamic quantization as the one-graph INT8 row, no calibration data: a random-weight shape has no
 meaningful calibration set). Latency is batch 1, p50 over ``--examples`` inputs after warm-up, at ~25
 tokens (SST-2 dev sentences) and at 128 tokens.
@@ -37,6 +39,7 @@ import numpy as np
 from nanotrt.runtime.profile import proc_status_bytes as rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 TOKENIZERS = ROOT.parent / "shared" / "data" / "tokenizers"
 CAPS = {"256 MB": 256e6, "512 MB": 512e6, "1 GB": 1e9, "2 GB": 2e9}  # decimal: stricter than MiB/GiB
 WARMUP = 2
@@ -163,7 +166,7 @@ def prepare(name: str, root: Path, data_dir: str | None) -> dict[str, Any]:
     model = MODELS[name]
     info = {"model": name, "label": model.label, **model.prepare(root, data_dir)}
     art = Path(info["artifact"])
-    build(art, dynamic=True)  # ort-fp32 (optimized) and ort-int8-dynamic; no-op when up to date
+    build(art, dynamic=True, swap=True)  # ort-fp32 (optimized), ort-int8-dynamic, their swap variants; cached
     sample = read_split("sst2", "dev", data_dir, limit=8).texts
     q = quantize_whole(art, root / "whole-int8.onnx", sample)
     m = Manifest.load(art)
@@ -184,6 +187,7 @@ class Row:
     kind: str  # torch | ort | runner
     precision: str  # fp32 | int8
     budget: str | None = None  # runner only
+    variant: str | None = None  # runner only: default RUNNER_VARIANT[precision]
 
 
 ROWS = [Row("PyTorch eager FP32", "torch", "fp32"),
@@ -191,6 +195,8 @@ ROWS = [Row("PyTorch eager FP32", "torch", "fp32"),
         Row("ORT one graph INT8 (dynamic)", "ort", "int8")]
 for _budget, _text in (("all", "all resident"), ("4layers", "4 layers"), ("2layers", "2 layers"), ("1layer", "1 layer")):
     ROWS += [Row(f"nanotrt FP32, {_text}", "runner", "fp32", _budget), Row(f"nanotrt INT8, {_text}", "runner", "int8", _budget)]
+ROWS += [Row("nanotrt FP32 swap, 2 layers", "runner", "fp32", "2layers", "ort-fp32-swap"),
+         Row("nanotrt INT8 swap, 2 layers", "runner", "int8", "2layers", "ort-int8-dynamic-swap")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +308,7 @@ def _runner_row(spec: dict[str, Any]) -> tuple[Infer, Callable[[], dict[str, Any
     from nanotrt.runtime.runner import Runner
 
     runner = Runner.from_artifact(spec["artifact"], memory_budget=spec["budget"], exit="none",
-                                  variant=RUNNER_VARIANT[spec["precision"]])
+                                  variant=spec.get("variant") or RUNNER_VARIANT[spec["precision"]])
     last: dict[str, Any] = {}
 
     def infer(texts: list[str]) -> np.ndarray:
@@ -356,15 +362,19 @@ def measure_row(spec: dict[str, Any], sentences: list[str]) -> dict[str, Any]:
     """Import, load, time both workloads at batch 1 (peak RSS = up to here), then the accuracy pass if any."""
     import importlib
 
+    from memstat import Peaks
+
     for mod in IMPORTS[spec["kind"]]:
         importlib.import_module(mod)
     out: dict[str, Any] = {"rss_imports": rss_bytes(), "latency": {}}
-    infer, held, tok = LOADERS[spec["kind"]](spec)  # the row's own tokenizer: a second one would add to RSS
-    out["rss_loaded"] = rss_bytes()
-    for name, texts in workloads(sentences, spec["examples"] + WARMUP).items():
-        out["latency"][name] = time_workload(infer, texts, tok)
-        out[f"peak_rss_after_{name}"] = rss_bytes("VmHWM")
-    out.update(peak_rss=rss_bytes("VmHWM"), rss_end=rss_bytes(), rss_end_breakdown=rss_breakdown(), held=held())
+    with Peaks() as mem:
+        infer, held, tok = LOADERS[spec["kind"]](spec)  # the row's own tokenizer: a second one would add to RSS
+        out["rss_loaded"] = rss_bytes()
+        for name, texts in workloads(sentences, spec["examples"] + WARMUP).items():
+            out["latency"][name] = time_workload(infer, texts, tok)
+            out[f"peak_rss_after_{name}"] = rss_bytes("VmHWM")
+    out.update(peak_rss=rss_bytes("VmHWM"), peak_anon=mem.anon, peak_file=mem.file, rss_end=rss_bytes(),
+               rss_end_breakdown=rss_breakdown(), held=held())
     if spec.get("task"):
         out["accuracy"] = accuracy(infer, spec["task"], spec.get("data_dir"), spec.get("accuracy_limit"))
         out["peak_rss_with_accuracy_pass"] = rss_bytes("VmHWM")
@@ -498,14 +508,15 @@ def model_table(info: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
              f"{info['layers']} layers x {info['hidden']}, vocab {info['vocab']}, {mb(info['weights_bytes'])} of FP32 "
              f"weights as one graph ({mb(info['whole_int8_bytes'])} dynamic INT8, relative error of its logits vs FP32 "
              f"{info['whole_int8_rel_error']:.3f}).", "",
-             "| row | peak RSS | after imports / load | held at peak | ms ~25 tok | ms 128 tok | " + " | ".join(CAPS)
-             + " | accuracy |", "|---|---|---|---|---|---|" + "---|" * len(CAPS) + "---|"]
+             "| row | peak RSS (VmHWM) | peak RssAnon / RssFile | after imports / load | held at peak | ms ~25 tok | "
+             "ms 128 tok | " + " | ".join(CAPS) + " | accuracy |", "|---|---|---|---|---|---|---|" + "---|" * len(CAPS) + "---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['row']} | failed: {r['error']} |" + " |" * (5 + len(CAPS)))
+            lines.append(f"| {r['row']} | failed: {r['error']} |" + " |" * (6 + len(CAPS)))
             continue
         marks = " | ".join("yes" if ok else "no" for ok in fits(r).values())
-        lines.append(f"| {r['row']} | {mb(r['peak_rss'])} | {mb(r['rss_imports'])} / {mb(r['rss_loaded'])} | {held_text(r)} | "
+        lines.append(f"| {r['row']} | {mb(r['peak_rss'])} | {mb(r.get('peak_anon'))} / {mb(r.get('peak_file'))} | "
+                     f"{mb(r['rss_imports'])} / {mb(r['rss_loaded'])} | {held_text(r)} | "
                      f"{latency(r, 'short'):.1f} | {latency(r):.1f} | {marks} | {accuracy_text(r)} |")
     return lines + [""]
 
@@ -557,7 +568,9 @@ def markdown(report: dict[str, Any]) -> str:
              f"`{report['command']}` on {mach['cpu']}, {mach['cores']} cores ({report['date']}; machine shared with "
              "other jobs, rows measured one at a time). Every row is its own process; **peak RSS** is that "
              "process's VmHWM over loading plus batch-1 inference at both input lengths (so it includes Python, "
-             "numpy, ONNX Runtime and, for the eager rows, torch and transformers). Latency is per sample at batch 1, "
+             "numpy, ONNX Runtime and, for the eager rows, torch and transformers); beside it the peaks of RssAnon "
+             "(anonymous memory: what the kernel cannot reclaim, what a budget protects) and RssFile (clean file-backed "
+             "pages: mapped weights and libraries, dropped under pressure), sampled every 2 ms. Latency is per sample at batch 1, "
              f"p50 over {report['examples']} inputs after {WARMUP} warm-up, tokenization included: ~25 tokens "
              "(SST-2 dev sentences) and 128 tokens. **Fits** = peak RSS at or under the cap (decimal MB/GB, stricter "
              "than MiB/GiB). nanotrt runs at full depth (no early exit), so every row does the same work; its INT8 "

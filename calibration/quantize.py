@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,12 +68,15 @@ def _quiet_quantizer() -> Iterator[None]:
 # TensorRT explicit quantization (its "Q/DQ placement recommendations"): quantize the inputs of the
 # GEMMs only; never an output (a MatMul feeding its bias Add stays float, so TensorRT fuses bias and
 # activation into the INT8 GEMM instead of re-quantizing); symmetric signed INT8 with zero points 0 for
-# weights (per channel) and activations (per tensor); one Q/DQ pair per consumer.
+# weights (per channel) and activations (per tensor); one Q/DQ pair per consumer. Biases stay float:
+# ORT quantizes a Gemm's bias to INT32 by default, and TensorRT's IDequantizeLayer takes INT8/FP8/INT4
+# inputs only, so every ramp (a Gemm with bias) failed to build (NVIDIA/TensorRT#3360, onnx-tensorrt#850).
 TRT_QDQ_OPTIONS: dict[str, object] = {
     "ActivationSymmetric": True,
     "WeightSymmetric": True,
     "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
     "DedicatedQDQPair": True,
+    "QuantizeBias": False,
 }
 
 
@@ -171,14 +174,24 @@ def float_side_inputs(path: Path) -> int:
 TRT_FP16_KEEP_FP32 = ["LayerNormalization"]
 
 
+# An FP16 scale needs QuantizeLinear/DequantizeLinear-19 (opset 13 takes FP32 scales only, and a strongly
+# typed TensorRT network's DequantizeLinear outputs its scale's type).
+QDQ_FP16_OPSET = 19
+
+
 def convert_fp16(src: Path, dst: Path) -> None:
     """FP16 graph with FP32 inputs and outputs (casts at the boundary) for a strongly typed TensorRT
     build: no ORT fusions (TensorRT cannot parse com.microsoft ops); constants clamped to the FP16 range
-    (the attention mask's large negative fill becomes -65504)."""
+    (the attention mask's large negative fill becomes -65504). A Q/DQ graph keeps its INT8 GEMMs and gets
+    FP16 scales, so its DequantizeLinear outputs feed FP16 GEMMs and the rest runs as the FP16 graph."""
     import onnx
+    from onnx import version_converter
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(src))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < QDQ_FP16_OPSET and any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+        model = version_converter.convert_version(model, QDQ_FP16_OPSET)
     model = convert_float_to_float16(model, keep_io_types=True,
                                      op_block_list=[*DEFAULT_OP_BLOCK_LIST, *TRT_FP16_KEEP_FP32])
     onnx.save(model, str(dst))
@@ -204,19 +217,30 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> bool:
     return True
 
 
-def relative_error(ref_path: Path, test_path: Path, batches: list[Feeds], limit: int = 8) -> float:
-    """Max over batches of ||test - ref|| / ||ref|| on the graph's own FP32 calibration inputs."""
+def _first_output(sess: object) -> Callable[[Feeds], np.ndarray]:
+    def run(feeds: Feeds) -> np.ndarray:
+        return sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0]  # type: ignore[attr-defined]
+
+    return run
+
+
+def relative_error(ref_path: Path, test: Path | Callable[[Feeds], np.ndarray], batches: list[Feeds],
+                   limit: int = 8) -> float:
+    """Max over batches of ||test - ref|| / ||ref|| (first output) on the graph's own FP32 calibration
+    inputs. ``test``: another ONNX graph (run on ORT CPU like the reference), or any function from the
+    feeds to the first output (a TensorRT plan: pipeline/trt_build.py)."""
     import onnxruntime as ort
 
     so = session_options(ort)
     ref = ort.InferenceSession(str(ref_path), so, providers=["CPUExecutionProvider"])
-    test = ort.InferenceSession(str(test_path), so, providers=["CPUExecutionProvider"])
+    run = _first_output(ort.InferenceSession(str(test), so, providers=["CPUExecutionProvider"])) \
+        if isinstance(test, Path) else test
     names = [i.name for i in ref.get_inputs()]
     worst = 0.0
     step = max(1, len(batches) // limit)  # calibration batches are length-sorted: sample across lengths
     for b in batches[::step][:limit]:
         feeds = {k: b[k] for k in names}
         r = ref.run(None, feeds)[0].astype(np.float64)
-        t = test.run(None, {k: feeds[k] for k in (i.name for i in test.get_inputs())})[0].astype(np.float64)
+        t = np.asarray(run(feeds)).astype(np.float64)
         worst = max(worst, float(np.linalg.norm(t - r)) / max(float(np.linalg.norm(r)), 1e-12))
     return worst

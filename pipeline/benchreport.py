@@ -44,8 +44,8 @@ def sweep_specs(task_type: str, n_layers: int) -> list[str]:
     return pat + [f"entropy={t}" for t in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)] + depth
 
 
-# The demo artifact has every ONNX Runtime variant `nanotrt build --int8 --dynamic --fused` makes.
-DEMO_VARIANTS = tuple(s.name for s in registry.build_targets("onnxruntime", False, True, True, True))
+# The demo artifact has every ONNX Runtime variant `nanotrt build --int8 --dynamic --fused --swap` makes.
+DEMO_VARIANTS = tuple(s.name for s in registry.build_targets("onnxruntime", False, True, True, True, True))
 
 
 def prepare_default(task: str, data_dir: str | None = None, root: Path | None = None) -> Path:
@@ -58,7 +58,7 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
     name = "mnli" if t.name == "mnli-mm" else t.name
     root = root or cache_dir() / f"minilm-{name}"
     art = root / "artifact"
-    m = Manifest.load(art) if (art / "manifest.json").is_file() else None
+    m = Manifest.load(art) if current(art) else None  # one made by an older nanotrt is re-exported (not re-trained)
     if m and m.labels != label_names(m.task, m.labels):  # cached before label names: the file's "0"/"1"
         m.data["labels"] = label_names(m.task, m.labels)
         m.save()
@@ -79,7 +79,7 @@ def prepare_default(task: str, data_dir: str | None = None, root: Path | None = 
                                                       **DEFAULT_TRAIN.get(name, {})))
         export_model(ckpt, art, whole=True)
     # Idempotent: builds only what is missing (an artifact cached by an older nanotrt gains the INT8 baseline).
-    build(art, int8=True, dynamic=True, fused=True, calib_task=name, data_dir=data_dir)
+    build(art, int8=True, dynamic=True, fused=True, swap=True, calib_task=name, data_dir=data_dir)
     ensure_plans(art, name, data_dir)
     return art
 
@@ -93,6 +93,18 @@ BENCH_PLANS: list[tuple[str | None, dict[str, Any]]] = [
     ("noexit", {"precision": "fp32", "exits": False}), ("noexit", {"precision": "int8", "dynamic": True, "exits": False}),
     ("2layers", {"precision": "int8", "memory_budget": "2layers"}),
 ]
+
+
+def current(art: Path) -> bool:
+    """Whether ``art`` holds a manifest of this nanotrt's format version (an older cache is remade)."""
+    import json
+
+    from nanotrt.runtime.artifact import FORMAT_VERSION
+
+    try:
+        return json.loads((art / "manifest.json").read_text()).get("format_version") == FORMAT_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def plan_copy(art: Path, which: str | None) -> Path:
@@ -110,7 +122,8 @@ def ensure_plans(art: Path, task: str, data_dir: str | None, max_loss: float = 0
         calibrate_exit(art, task, max_loss=max_loss, data_dir=data_dir)
     for which, kwargs in BENCH_PLANS:
         target = plan_copy(art, which)
-        if not target.is_dir():
+        if not current(target):
+            shutil.rmtree(target, ignore_errors=True)
             tmp = target.with_name(target.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(art, tmp)
@@ -159,8 +172,10 @@ def bench_rows(exit: str | None, budget: str, batch_size: int, m: Manifest, base
                             budget=budget, variant=dyn, **base))
     if budget == "all":  # the memory side: the same exit under a 2-layer budget (a plan made for it, if any)
         prec = "int8" if int8 else "fp32"
-        rows.append(RowSpec(f"6 nanotrt {prec} {rule} @2layers", "runner", key="stream", exit=rule, budget="2layers",
-                            precision=prec, **other["2layers"]))
+        rows += [RowSpec(f"6 nanotrt {prec} {rule} @2layers, plan for 2 layers", "runner", key="stream", exit=rule,
+                         budget="2layers", precision=prec, **other["2layers"]),
+                 RowSpec(f"6 nanotrt {prec} {rule} @2layers, per layer", "runner", key="stream-per-layer", exit=rule,
+                         budget="2layers", precision=prec, **base)]
     if batch_size > 1:
         b = {"batch_size": batch_size, **base}
         rows += [RowSpec(f"B torch eager, full, batch {batch_size}", "torch-full", key="b-torch-full", **b),
@@ -320,8 +335,20 @@ def print_table(report: dict[str, Any]) -> None:
                           _fmt_bytes(r["peak_rss_bytes"]), _fmt_bytes(r.get("engine_peak_bytes")),
                           f"{r.get('load_s', 0):.2f}")
         table_console.print(table)
+        if calibration_line(report):
+            table_console.print(calibration_line(report))
         for sk in res.get("skipped", []):
             table_console.print(f"skipped: {sk['row']} -- {sk['enable']}")
+
+
+def calibration_line(report: dict[str, Any]) -> str:
+    """How the calibrated default was chosen: point loss, its upper bound and the rows they rest on."""
+    cal = report.get("exit_calibration") or {}
+    if report.get("exit_source") != "calibrated default_exit" or "bound" not in cal:
+        return ""
+    unit = "% of rows disagreeing with full depth" if cal.get("criterion") == "agreement" else "points"
+    return (f"Calibrated on {cal['rows']} held-out rows: loss {cal['loss']:.2f} {unit}, upper bound "
+            f"{cal['bound']:.2f} at confidence {cal['confidence']:g} (--max-loss {cal['max_loss']:g}). {cal['note']}.")
 
 
 def _main_note(task: str, names: list[str]) -> str:
@@ -373,6 +400,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# nanotrt bench: {report['task']}", "",
              f"Exit policy `{report['exit']}` ({report.get('exit_source', '--exit')}), memory budget `{report['budget']}`, {report['layers']} layers, "
              f"batch size 1 unless the row says otherwise. {report['date']}.", "",
+             *([calibration_line(report), ""] if calibration_line(report) else []),
              "Runner rows run the artifact's best variant at their precision, as `nanotrt predict` does "
              + f"(fp32: `{variants.get('fp32')}`, int8: `{variants.get('int8')}`). "
              "\"vs ORT one graph\": throughput against the whole model as one ONNX Runtime graph at the same "

@@ -10,7 +10,6 @@ file); the next build sweeps what an interrupted one left inside the artifact.
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,14 +89,14 @@ def _ort_offline_optimize(path: Path) -> None:
 def build(artifact: str | Path, backend: str = "onnxruntime", fp16: bool = False, int8: bool = False,
           calib_task: str | None = None, calib_size: int = 512, calib_method: str = "minmax",
           data_dir: str | Path | None = None, int8_tolerance: float = INT8_TOLERANCE, dynamic: bool = False,
-          trt_options: dict[str, Any] | None = None, fused: bool = False) -> list[str]:
+          trt_options: dict[str, Any] | None = None, fused: bool = False, swap: bool = False) -> list[str]:
     """Build the requested variants into ``artifact``; returns the variant names now present. One build per
     artifact at a time (a second one waits for the first, then finds its variants up to date)."""
     Manifest.load(artifact)  # a missing or broken artifact fails before the lock file is made
     with writer_lock(Path(artifact)):
         _sweep(Manifest.load(artifact))
         return _build_locked(artifact, backend, fp16, int8, calib_task, calib_size, calib_method, data_dir,
-                             int8_tolerance, dynamic, trt_options, fused)
+                             int8_tolerance, dynamic, trt_options, fused, swap)
 
 
 def _sweep(m: Manifest) -> None:
@@ -113,7 +112,7 @@ def _sweep(m: Manifest) -> None:
 
 def _build_locked(artifact: str | Path, backend: str, fp16: bool, int8: bool, calib_task: str | None,
                   calib_size: int, calib_method: str, data_dir: str | Path | None, int8_tolerance: float,
-                  dynamic: bool, trt_options: dict[str, Any] | None, fused: bool) -> list[str]:
+                  dynamic: bool, trt_options: dict[str, Any] | None, fused: bool, swap: bool) -> list[str]:
     m = Manifest.load(artifact)
     registry.build_targets(backend, False, False, False, False)  # an unknown backend fails before any work
     if int8 and not calib_task:
@@ -126,8 +125,10 @@ def _build_locked(artifact: str | Path, backend: str, fp16: bool, int8: bool, ca
         task_file(get_task(calib_task or ""), "train", data_dir)
     trt_mod: Any = None
     if backend == "tensorrt":
-        trt_mod, trt_options = _trt_setup(m, trt_options)
-    targets = registry.build_targets(backend, fp16, int8, dynamic, fused)
+        from nanotrt.pipeline import trt_build as trt_mod  # the TensorRT build side (pipeline/trt_build.py)
+
+        trt_options = trt_mod.setup(m, trt_options)
+    targets = registry.build_targets(backend, fp16, int8, dynamic, fused, swap)
     calib = None
     built: list[str] = []
     for spec in targets:
@@ -138,6 +139,10 @@ def _build_locked(artifact: str | Path, backend: str, fp16: bool, int8: bool, ca
                            int8_tolerance=int8_tolerance)
         if spec.source:  # rebuilt whenever the variant it is made from was
             options = {"builder": BUILDER_VERSION, "from": m.data["variants"][spec.source].get("dir")}
+            if spec.kind == "swap":  # the swap format has its own version (pipeline/swap_build.py)
+                from nanotrt.pipeline.swap_build import SWAP_VERSION
+
+                options["swap"] = SWAP_VERSION
         if _up_to_date(m, variant, options):
             console.print(f"{variant}: up to date")
             built.append(variant)
@@ -294,6 +299,10 @@ def _build_variant(m: Manifest, spec: registry.VariantSpec, out: Path, calib: An
                    ) -> tuple[dict[str, tuple[str, dict[str, Any]]], Schedule, dict[str, Any]]:
     if spec.kind == "fused":
         return _build_fused(m, spec, out)
+    if spec.kind == "swap":
+        from nanotrt.pipeline.swap_build import build_swap
+
+        return build_swap(m, spec, out)
     variant, tensorrt = spec.name, spec.backend == "tensorrt"
     base = m.schedule("fp32")
     units = _graph_units(m)
@@ -314,8 +323,8 @@ def _build_variant(m: Manifest, spec: registry.VariantSpec, out: Path, calib: An
                 job = _UnitJob(m, unit, src, onnx_out, calib, calib_method, tolerance, errors, kept_fp32)
                 precision = ORT_UNIT_BUILDERS[variant](job) or precision
             else:
-                graphs[f"{variant}/{unit}"] = _build_trt_unit(m, unit, precision, out, calib, calib_method,
-                                                              tolerance, trt_mod, trt_options, errors, kept_fp32)
+                graphs[f"{variant}/{unit}"] = trt_mod.build_unit(m, unit, precision, out, calib, calib_method,
+                                                                 tolerance, trt_options, errors, kept_fp32)
                 rename[unit] = f"{variant}/{unit}"
                 bar.advance(task)
                 continue
@@ -340,80 +349,6 @@ def _build_variant(m: Manifest, spec: registry.VariantSpec, out: Path, calib: An
             info["summary"] = (f"max rel. error {max(errors.values()):.3f}, scratch "
                                f"{info['scratch_bytes'] / 1e6:.1f} MB, kept higher: {info['kept_higher'] or 'none'}")
     return graphs, sched, info
-
-
-# --- TensorRT (strongly typed: the precision is the ONNX's own) ----------------------------------
-
-def _trt_setup(m: Manifest, trt_options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
-    """Version gate, then the build options as plain JSON (they become the variant's manifest options;
-    the TensorRT version is part of them, so a TensorRT upgrade rebuilds instead of "up to date")."""
-    from nanotrt.engines import tensorrt as trt_mod  # lazy: TensorRT only where installed
-
-    trt = trt_mod.require_builder()
-    opts = trt_mod.BuildOptions.from_json(trt_options or {}).resolve(int(m.tokenizer["max_length"]))
-    return trt_mod, {**opts.to_json(), "tensorrt": str(trt.__version__)}
-
-
-def _trt_candidates(src: Path, precision: str, out: Path, unit: str, calib: Any, calib_method: str,
-                    input_names: list[str]) -> list[tuple[str, Path]]:
-    """(precision, ONNX to parse) in order of preference. INT8 falls back to FP16, then FP32, when the
-    plan's measured error exceeds the tolerance (the ORT INT8 path keeps such graphs in FP32)."""
-    from nanotrt.calibration.quantize import convert_fp16, quantize_static_qdq
-
-    cands: list[tuple[str, Path]] = []
-    if precision == "int8":
-        qdq = out / f"{unit}.qdq.onnx"
-        if quantize_static_qdq(src, qdq, calib.batches(unit), input_names, calib_method, for_tensorrt=True):
-            cands.append(("int8", qdq))
-        else:
-            qdq.unlink(missing_ok=True)  # nothing to quantize (embeddings): FP16 like the rest
-    if precision in ("int8", "fp16"):
-        fp16 = out / f"{unit}.fp16.onnx"
-        convert_fp16(src, fp16)
-        cands.append(("fp16", fp16))
-    cands.append(("fp32", src))
-    return cands
-
-
-def _in_profile(batches: list[dict[str, Any]], opts: Any) -> list[dict[str, Any]]:
-    """Calibration batches cut to the profile's max batch, without those whose length is outside it."""
-    (min_b, min_s), (b, s) = opts.min_shape, opts.max_shape
-    return [{k: v[:b] for k, v in f.items()} for f in batches
-            if min_s <= next(iter(f.values())).shape[1] <= s and len(next(iter(f.values()))) >= min_b]
-
-
-def _build_trt_unit(m: Manifest, unit: str, precision: str, out: Path, calib: Any, calib_method: str,
-                    tolerance: float, trt_mod: Any, trt_options: dict[str, Any], errors: dict[str, float],
-                    kept: list[str]) -> tuple[str, dict[str, Any]]:
-    """Build one graph's plan; for INT8, measure it against the FP32 graph and fall back when it is off."""
-    src = m.verify(unit)
-    entry = m.graphs[unit]
-    opts = trt_mod.BuildOptions.from_json(trt_options)
-    cands = _trt_candidates(src, precision, out, unit, calib, calib_method, [i["name"] for i in entry["inputs"]])
-    if precision != "int8":
-        cands = cands[:1]
-    plan = out / f"{unit}.plan"
-    batches = _in_profile(calib.batches(unit), opts) if calib is not None else []
-    for i, (prec, onnx_path) in enumerate(cands):  # noqa: B007 - the accepted candidate is used below
-        trt_mod.build_plan(onnx_path, plan, entry["inputs"], opts, m.root / "trt-timing.cache")
-        if not batches:
-            break
-        errors[unit] = trt_mod.plan_error(plan, src, batches, opts)
-        if precision != "int8" or errors[unit] <= tolerance or i == len(cands) - 1:
-            break
-    if precision == "int8" and cands[0][0] == "int8" and prec != "int8":
-        kept.append(unit)
-    for _, path in cands:  # keep only the ONNX the plan was parsed from
-        if path != onnx_path and path.parent == out:
-            path.unlink(missing_ok=True)
-    fields: dict[str, Any] = {k: entry[k] for k in ("role", "index", "inputs", "outputs")}
-    fields.update(precision=prec, format="trt-plan", **trt_mod.plan_info(plan, opts),
-                  io_bytes=trt_mod.io_bytes(entry, opts.max_shape),
-                  # the ONNX the plan was parsed from, relative to the plan's folder (gpu_check compares them)
-                  source_onnx=Path(os.path.relpath(onnx_path, out)).as_posix())
-    if unit in errors:
-        fields["rel_error"] = errors[unit]
-    return plan.name, fields
 
 
 # --- fused layer + ramp ----------------------------------------------------------------------

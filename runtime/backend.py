@@ -46,6 +46,11 @@ class Backend(ABC):
         """Told by the runner whether engines will be swapped (budget below the model) or stay resident: a
         swapped engine must hold no more than its manifest bytes."""
 
+    def prefetch_pays(self, manifest: Manifest, name: str) -> bool:
+        """Whether loading ``name`` on the prefetch thread hides more than it costs (the residency cache skips
+        the prefetch otherwise). A session build does; mapping a swap graph's weights does not (issue 21)."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 

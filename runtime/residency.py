@@ -226,6 +226,8 @@ class ResidencyCache:
         if self._pool is None:
             return
         name = self.order[pos % self.length]
+        if not self.backend.prefetch_pays(self.manifest, name):
+            return
         with self._lock:
             if name in self.slots:
                 return

@@ -22,7 +22,7 @@ from nanotrt.runtime.errors import NanotrtError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
-KINDS = ("exported", "built", "fused", "plan")
+KINDS = ("exported", "built", "fused", "plan", "swap")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class VariantSpec:
     name: str
     backends: tuple[str, ...]  # who runs it (torch: the eager reference, which reads only the roles)
     precision: str
-    kind: str  # exported | built | fused | plan
+    kind: str  # exported | built | fused | plan | swap
     rank: int  # preference within (backend, precision): lower runs first
     source: str | None = None  # the variant it is derived from (fused, plan)
     quantization: str = ""  # int8 only: "static" (calibrated Q/DQ) or "dynamic"
@@ -107,7 +107,8 @@ def check_runs_on(name: str, backend: str) -> VariantSpec:
     return spec
 
 
-def build_targets(backend: str, fp16: bool, int8: bool, dynamic: bool, fused: bool) -> list[VariantSpec]:
+def build_targets(backend: str, fp16: bool, int8: bool, dynamic: bool, fused: bool,
+                  swap: bool = False) -> list[VariantSpec]:
     """What ``nanotrt build`` makes for these flags, sources before what is derived from them."""
     if backend not in ("onnxruntime", "tensorrt"):
         raise NanotrtError(f"unknown build backend '{backend}': use onnxruntime or tensorrt")
@@ -125,6 +126,9 @@ def build_targets(backend: str, fp16: bool, int8: bool, dynamic: bool, fused: bo
     if fused:
         names = {s.name for s in out}
         out += [s for s in _REGISTRY.values() if s.kind == "fused" and s.source in names]
+    if swap:  # of every variant made above (built and fused)
+        names = {s.name for s in out}
+        out += [s for s in _REGISTRY.values() if s.kind == "swap" and s.source in names]
     return out
 
 
@@ -149,6 +153,7 @@ def _builtin() -> None:
     register(VariantSpec("trt-fp16", trt, "fp16", "built", 20, flags=" --backend tensorrt --fp16"))
     register(VariantSpec("trt-int8", trt, "int8", "built", 20, quantization="static",
                          flags=" --backend tensorrt --int8 --calib-task TASK"))
+    _register_swaps()
     # Plans (`nanotrt plan`): segments of consecutive layers, live ramps only where exits pay.
     for src in ("ort-fp32", "ort-int8", "ort-int8-dynamic", "trt-fp32", "trt-fp16", "trt-int8"):
         s = _REGISTRY[src]
@@ -159,4 +164,15 @@ def _builtin() -> None:
                                    + (" --dynamic" if s.quantization == "dynamic" else "")))
 
 
+def _register_swaps() -> None:
+    """Swap variants (`nanotrt build --swap`, pipeline/swap_build.py): the graphs of a built or fused ORT variant
+    as one session per layer structure + one mapped weight file per graph, so a swap maps weights instead of
+    building a session (benchmarks/results/swap_cost.md). Ranked before their source: SWAP_RANK."""
+    for src in ("ort-fp32", "ort-int8", "ort-int8-dynamic", "ort-fp32-fused", "ort-int8-fused", "ort-int8-dynamic-fused"):
+        s = _REGISTRY[src]
+        register(VariantSpec(f"{src}-swap", s.backends, s.precision, "swap", s.rank + SWAP_RANK, source=src,
+                             quantization=s.quantization, flags=s.flags + " --swap"))
+
+
+SWAP_RANK = -1  # added to the source's rank
 _builtin()

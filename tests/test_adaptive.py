@@ -128,15 +128,34 @@ def test_calibrate_exit_reads_train_never_dev(halting_art: Path, tmp_path: Path,
     assert rec["holdout"]["count"] == 16 and not rec["holdout"]["seen_in_training"]
     specs = {c["spec"] for c in rec["candidates"]}
     assert {"patience=1", "learned=0.5", "patience=1,maxprob=0.9", "depth=1"} <= specs
-    best = rec["chosen"]
-    assert 100 * (rec["full_depth"] - best["metric"]) <= 0.5
-    # the most aggressive setting within the loss: nothing allowed exits earlier on average
-    ok = [c for c in rec["candidates"] if 100 * (rec["full_depth"] - c["metric"]) <= 0.5]
-    assert best["avg_exit"] == min(c["avg_exit"] for c in ok)
+    # 16 held-out rows cannot bound any early exit within 0.5 points: full depth, said so, never a guess
+    assert rec["default_exit"] == "none" and not rec["bounded"] and rec["rows"] == 16
+    assert rec["note"].startswith("cannot bound") and rec["suggest_holdout"] >= 460
+    assert rec["chosen"]["metric"] == rec["full_depth"] and rec["chosen"]["avg_exit"] == 3
+    assert all(c["bound"] >= c["loss"] for c in rec["candidates"])
+    m = json.loads((art / "manifest.json").read_text())
+    assert m["exit_calibration"]["confidence"] == 0.9 and m["exit_calibration"]["rows"] == 16
+    loose = ce.calibrate_exit(art, "cola", max_loss=100, data_dir=str(tmp_path / "glue"), write=False)
+    assert loose["bounded"] and loose["default_exit"] != "none" and loose["chosen"]["bound"] <= 100
     with Runner.from_artifact(art) as r:  # exit=None: the calibrated default
         assert r.policy.spec == rec["default_exit"]
     with Runner.from_artifact(art, exit="none") as r:
         assert r.policy.spec == "none"
+
+
+def test_agreement_calibrates_on_unlabelled_text(halting_art: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import nanotrt.pipeline.calibrate_exit as ce
+
+    monkeypatch.setattr(ce, "read_split", lambda *a, **k: pytest.fail("--texts must read no GLUE split"))
+    lines = [ln.split("\t")[3] for ln in (FIX / "CoLA" / "train.tsv").read_text().splitlines()]
+    (tmp_path / "texts.txt").write_text("\n".join(lines * 8) + "\n")
+    rec = ce.calibrate_exit(halting_art, "cola", max_loss=60, texts=tmp_path / "texts.txt", write=False)
+    assert rec["criterion"] == "agreement" and rec["full_depth"] is None and rec["rows"] == 8 * len(lines)
+    assert rec["bounded"] and rec["default_exit"] != "none" and rec["chosen"]["bound"] <= 60
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(NanotrtError, match="--texts"):
+        ce.calibrate_exit(halting_art, "cola", texts=tmp_path / "bad.txt", write=False)
 
 
 def test_simulate_replays_the_runner(halting_art: Path) -> None:
@@ -211,7 +230,11 @@ def test_cli_calibrate_and_profile(halting_art: Path, tmp_path: Path) -> None:
     art = tmp_path / "art"
     shutil.copytree(halting_art, art)
     p = _cli("calibrate-exit", str(art), "--max-loss", "1", "--data-dir", str(FIX), "--dry-run")
-    assert p.returncode == 0 and "default_exit" in p.stdout and "dry run" in p.stdout, p.stderr
+    assert p.returncode == 0 and "default_exit none" in p.stdout and "dry run" in p.stdout, p.stderr
+    assert "(16 held-out train rows" in p.stdout and "0.9 upper bound" in p.stdout
+    assert "cannot bound" in p.stdout and "--holdout" in p.stdout  # 16 rows: what would be enough
+    p = _cli("calibrate-exit", str(art), "--confidence", "1.5", "--data-dir", str(FIX))
+    assert p.returncode == 2 and "--confidence" in p.stderr
     assert "default_exit" not in json.loads((art / "manifest.json").read_text())
     p = _cli("calibrate-exit", str(art), "--policy", "nonsense", "--data-dir", str(FIX))
     assert p.returncode == 2 and "unknown policy family" in p.stderr

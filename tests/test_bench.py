@@ -92,8 +92,8 @@ def test_bench_errors(bench_art: Path, tmp_path: Path) -> None:
     (art / "manifest.json").write_text(json.dumps(man))
     rep = run_bench("cola", art, data_dir=str(FIX), limit=6, out=tmp_path)  # runs what it can, lists the rest
     res = rep["results"]["cola"]
-    assert [r["key"] for r in res["rows"]] == ["full", "exit-fp32-per-layer", "exit-fp32", "exit-int8", "stream-block",
-                                               "block-all"]
+    assert [r["key"] for r in res["rows"]] == ["full", "exit-fp32-per-layer", "exit-fp32", "exit-int8",
+                                               "stream-per-layer", "stream-block", "block-all"]
     skipped = {s["row"]: s["enable"] for s in res["skipped"]}
     assert "--whole" in skipped["3 ORT one graph"] and "--torch-reference" in skipped["1 torch eager, full"]
     assert "nanotrt plan" in skipped["4 nanotrt full, no-exit plan"]  # its copy of the artifact is not there
@@ -118,12 +118,12 @@ def test_bench_rows_follow_the_artifacts_variants() -> None:
     base = {"artifact": "art", "task": "cola"}
     keys = [r.key for r in bench_rows(None, "all", 1, manifest("fp32", "ort-fp32"), base)]
     assert keys == ["torch-full", "torch-exit", "ort-whole", "full", "plan-noexit", "exit-fp32-per-layer", "exit-fp32",
-                    "stream"]
+                    "stream", "stream-per-layer"]
     rows = bench_rows(None, "all", 32, manifest("fp32", "ort-fp32", "ort-fp32-plan", "ort-int8", "ort-int8-dynamic",
                                                 "ort-int8-dynamic-plan"), base)
     assert [r.key for r in rows] == [
         "torch-full", "torch-exit", "ort-whole", "ort-whole-int8", "full", "plan-noexit", "exit-fp32-per-layer",
-        "exit-fp32", "exit-int8", "plan-noexit-int8-dynamic", "exit-int8-dynamic", "stream", "b-torch-full",
+        "exit-fp32", "exit-int8", "plan-noexit-int8-dynamic", "exit-int8-dynamic", "stream", "stream-per-layer", "b-torch-full",
         "b-ort-whole", "b-ort-whole-int8", "b-full", "b-exit-fp32", "b-exit-int8-dynamic"]
     by_key = {r.key: r for r in rows}
     assert by_key["exit-int8"].precision == "int8" and by_key["exit-int8"].variant is None  # the runner's rule

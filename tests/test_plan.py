@@ -186,3 +186,29 @@ def test_cli_plan(planned: Path, tmp_path: Path) -> None:
     assert "segments" in p.stdout and "held-out train rows" in p.stdout and "(dry run)" in p.stdout
     p = subprocess.run([*nanotrt, "plan", str(planned), "--max-loss", "-1"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and p.stderr.strip().startswith("error:") and "Traceback" not in p.stderr
+
+
+def test_tensorrt_plan_on_the_fake_tensorrt(planned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same planner on the TensorRT backend: segments composed from the ONNX each per-layer plan was parsed
+    from, built into plans by the same build code (here the fake TensorRT, which enforces TensorRT's rules),
+    giving the per-layer plans' logits."""
+    from fake_tensorrt import FakeTensorRT
+    from nanotrt.pipeline.build import build
+    from nanotrt.pipeline.plan import make_plan
+    from nanotrt.runtime.artifact import Manifest
+    from nanotrt.runtime.runner import Runner
+
+    FakeTensorRT().install(monkeypatch, polygraphy=True)
+    art = tmp_path / "art"
+    shutil.copytree(planned, art)
+    build(art, backend="tensorrt", fp16=True)
+    rec = make_plan(art, max_loss=100.0, precision="fp16", backend="tensorrt", data_dir=str(FIX))
+    m = Manifest.load(art)
+    assert rec["variant"] == "trt-fp16-plan" and m.best_variant("fp16", "tensorrt") == "trt-fp16-plan"
+    plans = [m.graphs[g] for g in m.schedule("trt-fp16-plan").names()]
+    assert all(g["format"] == "trt-plan" and "scratch_bytes" in g for g in plans)
+    got = {}
+    for variant in ("trt-fp16-plan", "trt-fp16"):
+        with Runner.from_artifact(art, backend="tensorrt", variant=variant, exit="none") as r:
+            got[variant] = r.predict(TEXTS, batch_size=2).logits
+    np.testing.assert_allclose(got["trt-fp16-plan"], got["trt-fp16"], atol=1e-3)
