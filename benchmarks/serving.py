@@ -154,7 +154,7 @@ def litserve_child(art: str, exit: str, port: int, max_batch_size: int, max_wait
     api = NanotrtLitAPI(max_batch_size=max_batch_size, batch_timeout=max_wait_ms / 1000, api_path="/predict")
     api.artifact, api.exit = art, exit
     ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60).run(port=port, host="127.0.0.1",
-                                                                               log_level="warning")
+                                                                               log_level="warning", generate_client_file=False)
 
 
 # --- servers ------------------------------------------------------------------------------------
