@@ -337,7 +337,7 @@ class Runner:
         """Record ramp i's logits, ask the policy, drop the rows that stop (and padding no row needs)."""
         out_logits, out_layer, ramp_logits = out
         logits, rows = b.logits, b.offset + b.active
-        assert logits is not None and b.hidden is not None and b.mask is not None
+        assert logits is not None and b.mask is not None
         ramp_logits[rows, i] = logits
         ctx = StepContext(b.extras, b.mask.shape[1], b.started)
         if i == self.n - 1:
@@ -350,8 +350,10 @@ class Runner:
             out_logits[rows[stop]] = logits[stop]
             out_layer[rows[stop]] = i + 1
             keep = ~stop
-            b.active, b.hidden, b.mask = b.active[keep], b.hidden[keep], b.mask[keep]
-            if len(b.active):
+            b.active = b.active[keep]
+            if len(b.active):  # a plan's last segment outputs no hidden states: nobody is left after it
+                assert b.hidden is not None
+                b.hidden, b.mask = b.hidden[keep], b.mask[keep]
                 # Right padding: drop columns no remaining row needs, so later layers do less work.
                 width = int(b.mask.sum(1).max())
                 b.hidden, b.mask = np.ascontiguousarray(b.hidden[:, :width]), np.ascontiguousarray(b.mask[:, :width])

@@ -130,6 +130,18 @@ def test_plan_graphs_equal_the_per_layer_walk(planned: Path) -> None:
     assert Manifest.load(planned).best_variant("fp32") == "ort-fp32-plan"  # what predict runs by default
 
 
+def test_no_exit_plan_is_one_graph_with_the_embeddings(planned: Path, tmp_path: Path) -> None:
+    from nanotrt.pipeline.plan import make_plan
+
+    art = tmp_path / "art"
+    shutil.copytree(planned, art)
+    rec = make_plan(art, data_dir=str(FIX), exits=False)
+    assert rec["exit"] == "none" and [(s["start"], s["end"]) for s in rec["segments"]] == [(0, 3)]
+    got, layers, variant = _logits(art, None, None)
+    assert variant == "ort-fp32-plan" and (layers == 3).all()
+    np.testing.assert_allclose(got, _logits(art, "ort-fp32", "none")[0], atol=1e-5)
+
+
 def test_plan_reads_train_never_dev(planned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import nanotrt.pipeline.calibrate_exit as ce
     from nanotrt.pipeline.plan import make_plan
