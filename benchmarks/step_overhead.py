@@ -69,7 +69,9 @@ def identity_call_us(repeats: int = 2000) -> float:
     g = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
     with tempfile.TemporaryDirectory() as d:
         onnx.save(onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)]), f"{d}/id.onnx")
-        sess = ort.InferenceSession(f"{d}/id.onnx", providers=["CPUExecutionProvider"])
+        from nanotrt.engines.onnxruntime import session_options  # the runners made the process-wide pool
+
+        sess = ort.InferenceSession(f"{d}/id.onnx", session_options(ort), providers=["CPUExecutionProvider"])
     feeds = {"x": np.zeros((1, 10, 32), np.float32)}
     for _ in range(100):
         sess.run(None, feeds)

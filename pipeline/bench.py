@@ -157,7 +157,7 @@ def run_row(spec: RowSpec) -> dict[str, Any] | list[dict[str, Any]]:
     from nanotrt.runtime.runner import Runner, RunStats
 
     if spec.mode == "block":
-        return _block_row(spec, task, m, labels)
+        return _block_row(spec, task, m)
     results = []
     for exit_spec in spec.sweep or [spec.exit]:
         backend = get_backend("onnxruntime", threads=spec.threads)
@@ -182,9 +182,10 @@ def _runner_info(runner: Any) -> dict[str, Any]:
             "plan": runner.describe_plan()}
 
 
-def _block_row(spec: RowSpec, task: Task, m: Any, labels: np.ndarray) -> dict[str, Any]:
+def _block_row(spec: RowSpec, task: Task, m: Any) -> dict[str, Any]:
     """The whole split through one ``Runner.predict(mode="block")`` call: per-example latency is not
-    defined in a layer-major block, so p50/p95 are the mean time per example."""
+    defined in a layer-major block, so p50/p95 are the mean time per example. The split in its own order
+    (``predict`` groups by length itself and answers in the caller's order)."""
     from nanotrt.runtime.backend import get_backend
     from nanotrt.runtime.runner import Runner
 
@@ -198,7 +199,7 @@ def _block_row(spec: RowSpec, task: Task, m: Any, labels: np.ndarray) -> dict[st
         wall = time.perf_counter() - t0
         c = res.stats.cache
     lat = [wall / len(split)] * len(split)
-    return _summary(task, labels, res.logits, res.exit_layers, lat, wall, m.num_layers, {
+    return _summary(task, split.labels, res.logits, res.exit_layers, lat, wall, m.num_layers, {
         **_runner_info(runner), "budget": runner.describe_budget(), "mode": res.stats.mode,
         "precision": m.data["variants"][runner.variant].get("precision", "fp32"),
         "blocks": res.stats.blocks, "max_block": res.stats.max_block, "engine_peak_bytes": c["peak_resident_bytes"],

@@ -94,6 +94,8 @@ def test_bench_errors(bench_art: Path, tmp_path: Path) -> None:
     res = rep["results"]["cola"]
     assert [r["key"] for r in res["rows"]] == ["full", "exit-fp32-per-layer", "exit-fp32", "exit-int8",
                                                "stream-per-layer", "stream-block", "block-all"]
+    by_key = {r["key"]: r for r in res["rows"]}  # block mode answers in the split's order: the same metric
+    assert by_key["block-all"]["metrics"] == pytest.approx(by_key["exit-int8"]["metrics"])
     skipped = {s["row"]: s["enable"] for s in res["skipped"]}
     assert "--whole" in skipped["3 ORT one graph"] and "--torch-reference" in skipped["1 torch eager, full"]
     assert "nanotrt plan" in skipped["4 nanotrt full, no-exit plan"]  # its copy of the artifact is not there
