@@ -135,7 +135,7 @@ def resolve_budget(text: str | int | None, manifest: Manifest, variant: str, res
 class _Batch:
     """One tokenized micro-batch walking the layers; rows leave as they exit."""
 
-    offset: int  # index of its first example in the result arrays
+    index: np.ndarray  # each example's row in the result arrays (the caller's order)
     enc: dict[str, np.ndarray]
     active: np.ndarray  # rows still running (indices into this micro-batch)
     state: dict[str, np.ndarray]  # exit-policy state
@@ -336,7 +336,7 @@ class Runner:
     def _exit(self, i: int, b: _Batch, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         """Record ramp i's logits, ask the policy, drop the rows that stop (and padding no row needs)."""
         out_logits, out_layer, ramp_logits = out
-        logits, rows = b.logits, b.offset + b.active
+        logits, rows = b.logits, b.index[b.active]
         assert logits is not None and b.mask is not None
         ramp_logits[rows, i] = logits
         ctx = StepContext(b.extras, b.mask.shape[1], b.started)
@@ -381,9 +381,9 @@ class Runner:
             if step.end:
                 stats.layer_time_s[step.end - 1] += dt
 
-    def _new_batch(self, enc: dict[str, np.ndarray], offset: int) -> _Batch:
+    def _new_batch(self, enc: dict[str, np.ndarray], index: np.ndarray) -> _Batch:
         n = len(enc["input_ids"])
-        return _Batch(offset, enc, np.arange(n), self.policy.init(n))
+        return _Batch(index, enc, np.arange(n), self.policy.init(n))
 
     @staticmethod
     def _outputs(n: int, layers: int, labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -400,7 +400,7 @@ class Runner:
         if len(stats.layer_time_s) < self.n:
             stats.layer_time_s = [0.0] * self.n
         out = self._outputs(len(enc["input_ids"]), self.n, len(self.labels))
-        self._walk([self._new_batch(enc, 0)], out, stats)
+        self._walk([self._new_batch(enc, np.arange(len(enc["input_ids"])))], out, stats)
         return out
 
     # --- scheduling many inputs ------------------------------------------------------------
@@ -411,14 +411,16 @@ class Runner:
     def _fits(self, sizes: list[tuple[int, int]]) -> bool:
         return self.budget is None or self.acts.block(sizes) + self.largest + self.reserved <= self.budget
 
-    def _micro_batches(self, texts: Sequence[str], pairs: Sequence[str] | None, start: int, stop: int,
+    def _micro_batches(self, texts: Sequence[str], pairs: Sequence[str] | None, order: np.ndarray,
                        batch_size: int) -> Iterator[_Batch]:
-        """Tokenized micro-batches of ``batch_size`` (halved where one would not fit the budget alone)."""
-        s = start
-        while s < stop:
-            size = min(batch_size, stop - s)
+        """Tokenized micro-batches of ``batch_size`` examples taken in ``order`` (halved where one would not fit
+        the budget alone)."""
+        s = 0
+        while s < len(order):
+            size = min(batch_size, len(order) - s)
             while True:
-                enc = self.tokenizer(texts[s:s + size], None if pairs is None else pairs[s:s + size])
+                idx = order[s:s + size]
+                enc = self.tokenizer([texts[i] for i in idx], None if pairs is None else [pairs[i] for i in idx])
                 if self._fits([enc["input_ids"].shape]):
                     break
                 if size == 1:
@@ -426,16 +428,16 @@ class Runner:
                     raise NanotrtError(f"memory budget {self.describe_budget()} cannot hold an example of {seq} "
                                        f"tokens next to the largest graph: use at least {fmt_bytes(self._minimum(seq))}")
                 size = max(1, size // 2)
-            yield self._new_batch(enc, s)
+            yield self._new_batch(enc, idx)
             s += size
 
-    def _blocks(self, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int, mode: str,
-                block_size: int | None) -> Iterator[list[_Batch]]:
+    def _blocks(self, texts: Sequence[str], pairs: Sequence[str] | None, order: np.ndarray, batch_size: int,
+                mode: str, block_size: int | None) -> Iterator[list[_Batch]]:
         """Latency: one micro-batch per block. Block: add micro-batches while their activations fit the budget
         next to the largest graph, up to ``block_size`` examples."""
         limit = block_size or MAX_BLOCK
         block: list[_Batch] = []
-        for b in self._micro_batches(texts, pairs, 0, len(texts), batch_size):
+        for b in self._micro_batches(texts, pairs, order, batch_size):
             if block and (mode == "latency" or sum(len(x.active) for x in block) + len(b.active) > limit
                           or not self._fits([x.shape for x in (*block, b)])):
                 yield block
@@ -466,21 +468,15 @@ class Runner:
         stats = RunStats(layer_time_s=[0.0] * self.n, mode=mode)
         out = self._outputs(len(texts), self.n, len(self.labels))
         # Micro-batches of similar length pad less: walk the inputs shortest first (characters stand in for
-        # tokens), then put the results back in the caller's order. Inputs were checked in the caller's order.
+        # tokens); each example's results land in its own row, in the caller's order.
         order = np.argsort([len(t) + len(p) for t, p in zip(texts, pairs or [""] * len(texts), strict=True)],
-                           kind="stable") if batch_size > 1 else None
-        if order is not None:
-            texts = [texts[i] for i in order]
-            pairs = None if pairs is None else [pairs[i] for i in order]
+                           kind="stable") if batch_size > 1 else np.arange(len(texts))
         t0 = time.perf_counter()
         try:
-            for block in self._blocks(texts, pairs, batch_size, mode, block_size):
+            for block in self._blocks(texts, pairs, order, batch_size, mode, block_size):
                 self._walk(block, out, stats)
         finally:
             self.cache.reserve_activations(0)
-        if order is not None:
-            back = np.argsort(order)
-            out = (out[0][back], out[1][back], out[2][back])
         stats.wall_s = time.perf_counter() - t0
         stats.samples = len(texts)
         stats.cache = {**self.cache.stats.as_dict(), "backend_reserved_bytes": self.reserved}
