@@ -227,7 +227,7 @@ HIDDEN_IN, HIDDEN_OUTS, MASK = "hidden_states", ("hidden_states", "hidden_states
 # kernels, and one graph can drop a round trip the parts keep (measured up to 2e-3 on the tiny models).
 SEGMENT_ATOL = {"fp16": 1e-2}
 SEGMENT_ATOL_DEFAULT = 1e-5
-NAME_SLACK = 4096  # bytes per part a composed graph may grow by: every name gets its part's prefix  # same kernels on the same weights as the parts; float reassociation only
+NAME_SLACK = 4096  # bytes per part a composed graph may grow by: every name gets its part's prefix
 
 
 def _rename_graph(g: Any, rename: Callable[[str], str]) -> None:
@@ -364,12 +364,11 @@ def _call_seconds(hidden: int, seq: int, repeats: int = 200) -> float:
     return float(np.median(ts))
 
 
-def walk_times(runner: Any, texts: list[str], pairs: list[str] | None) -> tuple[dict[str, float], float]:
+def walk_times(runner: Any, encs: list[dict[str, np.ndarray]]) -> tuple[dict[str, float], float]:
     """Each graph's median time inside the runner's own walk (full depth, batch 1, pre-tokenized held-out
     examples), and the runner's own median cost per step on top (feeds, outputs, exit decision). Measured in
     the walk, not in a loop over one graph: a layer's weights leave the caches while the others run, which a
     tight loop hides (it measured half the time here). Medians: other load on the machine inflates means."""
-    encs = [runner.tokenizer([t], [p] if pairs else None) for t, p in zip(texts, pairs or texts, strict=True)]
     real, names = runner.backend.run, dict[int, str]()
     inside: dict[str, list[float]] = {}
     total = [0.0]  # time inside backend.run for the current example
@@ -416,7 +415,7 @@ def _load_seconds(m: Any, be: Any, names: list[str], repeats: int = 5) -> dict[s
 
 
 def measure_costs(m: Any, source: str, texts: list[str], pairs: list[str] | None, backend: str,
-                  streaming: bool, repeats: int = 20) -> tuple[Costs, dict[str, Any]]:
+                  streaming: bool, examples: int = 300) -> tuple[Costs, dict[str, Any]]:
     """Per-graph run (and load) time of ``source`` in the runner's walk at batch 1 on held-out examples, per-call
     and per-step overhead: the plan's cost table. Returns (costs, the measurement record)."""
     from nanotrt.runtime.backend import get_backend
@@ -425,9 +424,10 @@ def measure_costs(m: Any, source: str, texts: list[str], pairs: list[str] | None
 
     sched = m.schedule(source)
     with Runner(m, get_backend(backend), exit="none", variant=source, own_backend=True) as runner:  # all resident
-        seq = int(np.median([len(runner.tokenizer([t], [p] if pairs else None)["input_ids"][0])
-                             for t, p in zip(texts, pairs or texts, strict=True)]))
-        run, step = walk_times(runner, texts[:300], pairs[:300] if pairs else None)
+        encs = [runner.tokenizer([t], [p] if pairs else None)
+                for t, p in zip(texts[:examples], (pairs or texts)[:examples], strict=True)]
+        seq = int(np.median([e["input_ids"].shape[1] for e in encs]))
+        run, step = walk_times(runner, encs)
     load = _load_seconds(m, get_backend(backend), sched.names()) if streaming else dict.fromkeys(run, 0.0)
     call = _call_seconds(int(m.data["hidden_size"]), seq) if backend == "onnxruntime" else 0.0
     net = {g: max(0.0, t - call) for g, t in run.items()}
